@@ -1,0 +1,98 @@
+"""Streaming second moment C += X^T diag(m) X of calibration activations.
+
+This is where calibration spends its arithmetic: one call per batch and residual position.
+The backends differ only in how they multiply; all of them keep the running sum in float64,
+because the paper's own ablation shows fp32 PCA ruins large models (DESIGN.md section 2).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._dispatch import Op
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def covariance_ref(x: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """Float64 reference: upcast, zero the masked rows, one GEMM, add into ``out``.
+
+    x: [N, d] (row-major rows, any dtype); mask: [N] uint8 or None; out: [d, d] float64.
+    """
+    x64 = x.to(torch.float64)
+    if mask is not None:
+        x64 = x64 * mask.to(torch.float64).unsqueeze(1)
+    prod = x64.T @ x64
+    # The GEMM of X^T with X is symmetric only up to the order of its sums; make it exact.
+    out += 0.5 * (prod + prod.T)
+    return out
+
+
+def _triton_impl(x, mask, out):
+    from slicekit.kernels.covariance import covariance_triton
+
+    return covariance_triton(x, mask, out)
+
+
+def _cuda_impl(x, mask, out):
+    torch.ops.slicekit.covariance_accumulate(x, mask, out)
+    return out
+
+
+_OP = Op("covariance_accumulate", {"torch": covariance_ref, "triton": _triton_impl, "cuda": _cuda_impl})
+
+
+def covariance(
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Add X^T diag(mask) X into a float64 accumulator and return it.
+
+    Args:
+        x: activations, [N, d] or [B, T, d]; float16, bfloat16, float32 or float64.
+        mask: optional 0/1 row mask, [N] or [B, T] (bool, integer or float holding only 0 and 1).
+            Rows with mask 0 (padding) contribute nothing.
+        out: optional float64 [d, d] accumulator on x's device; a zero one is made when None.
+        backend: "cuda", "triton", "torch" or None (see ``slicekit.ops.available_backends``).
+
+    Returns:
+        ``out`` (float64 [d, d], exactly symmetric), updated in place.
+
+    Equivalent to: ``covariance_ref`` (float64 upcast and one GEMM).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        raise ValueError(f"covariance: x must be a 2-D [N, d] or 3-D [B, T, d] tensor, got {_describe(x)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"covariance: x has dtype {x.dtype}; expected one of {_FLOAT_DTYPES}")
+    d = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, d)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()  # kernels stream rows; a strided last dim would defeat vector loads
+    m = None
+    if mask is not None:
+        if tuple(mask.shape) != tuple(lead):
+            raise ValueError(f"covariance: mask shape {tuple(mask.shape)} does not match x's leading dims {tuple(lead)}")
+        if mask.device != x.device:
+            raise ValueError(f"covariance: mask is on {mask.device} but x is on {x.device}")
+        if mask.dtype != torch.bool:
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError("covariance: mask must hold only 0 and 1 (it selects rows; it does not weight them)")
+        m = mask.reshape(-1).to(torch.uint8).contiguous()
+    if out is None:
+        out = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    elif out.dtype != torch.float64 or tuple(out.shape) != (d, d) or out.device != x.device:
+        raise ValueError(
+            f"covariance: out must be a float64 [{d}, {d}] tensor on {x.device}, got {_describe(out)}"
+        )
+    if x2.shape[0] == 0:
+        return out
+    return _OP(x2, m, out, backend=backend, device=x.device)
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
+    return type(t).__name__
