@@ -23,7 +23,7 @@ from torch import nn
 from .adapters import Adapter, get_adapter, norm_params
 from .calibration import CalibrationError, capture_first_layer_inputs, make_batches
 from .modules import SlicedDecoderLayer
-from .ops import covariance, rotate_slice
+from .ops import covariance, resolve_backend, rotate_slice
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
 from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton
@@ -92,6 +92,12 @@ class _Slicer:
         # Activations are combined in at least fp32 (the skip-connection change of basis must not
         # round twice), and never below the model's own precision (float64 test models).
         self.work_dtype = torch.promote_types(self.dtype, torch.float32)
+        # On the GPU fast path the skip-connection maps run on tensor cores in the model dtype: the
+        # signals are stored in that dtype anyway, and fp32 GEMMs over every calibration token would
+        # cost more than the covariance kernels save (see README, slicing pipeline benchmark).
+        self.fast = device.type == "cuda" and resolve_backend("covariance_accumulate", backend, device) != "torch"
+        if self.fast:
+            self.work_dtype = self.dtype
         self.centre = adapter.norm == "layernorm"
         self.clock = _Clock(device)
         self.evr: list[float] = []

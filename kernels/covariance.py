@@ -1,0 +1,293 @@
+"""Triton kernel for the streaming second moment  C += X^T diag(m) X  (float64 C, 16-bit X).
+
+Equation: for X [N, d] and a 0/1 row mask m [N], add  sum_r m_r x_r x_r^T  into the float64 [d, d]
+accumulator C. Only the upper-triangle tile pairs (I <= J) of the d x d result are computed -- a
+symmetric product needs half the FLOPs of the full GEMM -- and each program writes its tile AND its
+mirror, so C stays exactly symmetric without a second pass.
+
+Main trade-off: tensor-core speed against float64 accuracy. Products of fp16/bf16 values are exact
+in fp32, so all the error is in the sums:
+  * A tensor-core fp32 accumulator rounds at every k=16 MMA step, and it truncates instead of
+    rounding to nearest (Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior of NVIDIA tensor
+    cores", PeerJ CS 2021, for V100..A100). The error is then a bias relative to the accumulator's
+    own size, growing linearly with the rows summed instead of as a square root. A bit-level
+    emulation (exact products aligned to the largest term with 3 extra bits, truncated: an
+    assumption about Hopper) on outlier-channel data at N = 65536 gives ~2.4e-4 for one
+    accumulator over all rows (cuBLAS's fp32-output GEMM has the same problem), 1.3e-6 when it
+    is restarted every 512 rows, 6e-7 every 256 rows, 3e-7 every 128 rows.
+  * Three fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 256 rows and is
+    then added into `mid` with round-to-nearest CUDA-core adds (unbiased) and cleared; every
+    MID_CHUNKS = 16 chunks `mid` goes into `hi` with Fast2Sum, the exact rounding error staying
+    in `mid` (s = hi + mid; mid -= s - hi; hi = s). At the end hi + mid + acc is formed in float64
+    and added into C once, so the call's error is the short-chunk truncation alone.
+  * Cost: 2 instructions per element per chunk (FADD, FMUL by 0) while the tensor cores wait,
+    ~12% of a 256-row chunk's MMA time on a 128 x 128 tile, plus ~1.5% for the Fast2Sum steps;
+    192 registers per thread of tiles (8 warps), which fits (a few loop-invariant offsets spill
+    to L1). Rejected: a read-modify-write of the float64 tile in global memory every chunk, or
+    split-K over row chunks with float64 atomics: 16 bytes per output element per chunk, GBs per
+    call at d = 4096, memory-bound unless chunks are thousands of rows long, which precision
+    forbids. Rejected too: Fast2Sum at every chunk with two tiles (4 instructions per element per
+    chunk: twice the cost at 256 rows), and restarting `acc` every 512 rows (half the cost, but
+    over 1e-6 in the emulation). `benchmarks/bench_covariance.py --chunks` measures the real
+    hardware; SLICEKIT_COV_CHUNK_ROWS changes the interval without editing code.
+  * fp32 inputs use input_precision="ieee" (FMA, no tensor cores): TF32 keeps 10 mantissa bits
+    (~5e-4 per product) and 3xTF32 still ~5e-7 per product, both far from the float64 path. fp32
+    inputs are therefore slow but accurate; fp64 inputs go to the float64 reference.
+Layout: X is read as [BLOCK_K, BLOCK_M] row panels of columns I and J; the MMA takes the panel of
+I transposed straight from shared memory. Tiles are enumerated in bands of GROUP_M tile-rows, column
+by column inside a band, so programs that run together share panels in L2. The mask is folded into
+the load predicates: dropped rows are never read (padding may even hold inf/NaN) and contribute 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Rows summed in the MMA accumulator between flushes into `mid` (error grows linearly with it,
+# see the module docstring), and flushes of `mid` between compensated updates of `hi`.
+# SLICEKIT_COV_CHUNK_ROWS overrides the first for experiments (a multiple of 64).
+CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "256"))
+MID_CHUNKS = 16
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# Below N * d * d = 2**34 (d = 2048 at N = 4096) one fixed config is used instead of autotuning.
+_AUTOTUNE_MIN_WORK = 1 << 34
+
+
+def _configs():
+    if _INTERPRET:
+        # One small config: the interpreter runs every program in numpy, and autotuning would run
+        # them all. GROUP_M = 2 exercises the band enumeration on the small d of the CPU tests.
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)]
+    configs = []
+    # 128 x 128 tiles need 8 warps: three fp32 tiles (acc, mid, hi) at 64 registers each per thread.
+    # On sm_90 (operands from shared memory) that fits; on sm_80 the mma.sync operands live in
+    # registers too and 128-tiles spill, so the autotuner should pick 64-tiles there.
+    for block_k, stages in ((64, 3), (64, 4), (32, 4)):
+        configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_K": block_k, "GROUP_M": 8},
+                                     num_warps=8, num_stages=stages))
+    # 64 x 64 tiles: 4x the tiles, for small d where 128-tiles leave SMs idle (d = 2048: 136 tiles).
+    for block_k, stages in ((64, 3), (64, 4), (32, 4)):
+        configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_K": block_k, "GROUP_M": 8},
+                                     num_warps=4, num_stages=stages))
+    configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=2))
+    return configs
+
+
+_SMALL_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3)
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Configs worth timing for this call (each costs a compile and a benchmark).
+
+    fp32 inputs take the FMA path (no tensor cores): only the small-tile, short-K configs. From
+    d = 4096 on, 128-tiles already make >= 528 tiles (4 full waves on 132 SMs); 64-tiles there
+    only double the L2 traffic.
+    """
+    x = named_args.get("X_ptr")
+    if x is not None and getattr(x, "dtype", None) == torch.float32:
+        small = [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_K"] == 32]
+        return small or configs[:1]
+    kept = [c for c in configs if c.num_stages >= 3]
+    if named_args.get("d", 0) >= 4096:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] == 128]
+    return kept or configs
+
+
+@triton.autotune(
+    configs=_configs(),
+    key=["d", "n_bucket", "HAS_MASK", "CHUNK_ROWS", "MID_CHUNKS"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+    # Autotuning runs the kernel several times; the accumulator must not keep those sums.
+    restore_value=["Out_ptr"],
+)
+@triton.heuristics({
+    "EVEN_N": lambda args: args["N"] % args["BLOCK_K"] == 0,
+    "EVEN_D": lambda args: args["d"] % args["BLOCK_M"] == 0,
+})
+@triton.jit
+def _covariance_kernel(
+    X_ptr, Mask_ptr, Out_ptr,
+    N, d, n_bucket,
+    stride_x_row, stride_out_row,
+    HAS_MASK: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    CHUNK_ROWS: tl.constexpr, MID_CHUNKS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    # n_bucket only keys the autotuner (N rounded to a power of two).
+    # ---- program id -> upper-triangle tile (I, J), I <= J --------------------------------------
+    # Bands of GROUP_M tile-rows; inside a band a GROUP_M-row triangle, then full columns of GROUP_M.
+    # `pid * 0` makes every loop-carried value a tensor even when d == 1 is specialised to a constant.
+    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
+    i0 = pid * 0
+    rem = pid
+    g = tl.minimum(num_t, GROUP_M)
+    band = g * (g + 1) // 2 + g * (num_t - g)
+    while rem >= band:
+        rem -= band
+        i0 += GROUP_M
+        g = tl.minimum(num_t - i0, GROUP_M)
+        band = g * (g + 1) // 2 + g * (num_t - i0 - g)
+    tri = g * (g + 1) // 2
+    # In the triangle, column c holds c + 1 tiles: invert c (c + 1) / 2 <= rem, then fix rounding.
+    c = ((tl.sqrt((8 * rem + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    c = tl.where((c + 1) * (c + 2) // 2 <= rem, c + 1, c)
+    c = tl.where(c * (c + 1) // 2 > rem, c - 1, c)
+    rect = rem - tri
+    g_safe = tl.maximum(g, 1)
+    tile_i = tl.where(rem < tri, i0 + rem - c * (c + 1) // 2, i0 + rect % g_safe)
+    tile_j = tl.where(rem < tri, i0 + c, i0 + g + rect // g_safe)
+
+    offs_i = tile_i * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = tile_j * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    col_ok_i = offs_i < d
+    col_ok_j = offs_j < d
+    # A scalar row pointer advances by BLOCK_K rows per step (no 32-bit overflow for huge N) and
+    # the per-element offsets stay loop-invariant 32-bit values: fewer registers than pointer tiles.
+    a_offs = offs_k[:, None] * stride_x_row + offs_i[None, :]
+    b_offs = offs_k[:, None] * stride_x_row + offs_j[None, :]
+    x_rows = X_ptr
+
+    FLUSH_ITERS: tl.constexpr = CHUNK_ROWS // BLOCK_K
+    acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    mid = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    hi = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    for it in range(0, tl.cdiv(N, BLOCK_K)):
+        rows = it * BLOCK_K + offs_k
+        # Dropped rows load as 0 on both sides: exact zero contribution, never read. Without a
+        # mask and with N, d multiples of the block, the loads need no predicate at all.
+        if HAS_MASK:
+            keep = rows < N
+            m = tl.load(Mask_ptr + rows, mask=keep, other=0)
+            keep = keep & (m != 0)
+            a = tl.load(x_rows + a_offs, mask=keep[:, None] & col_ok_i[None, :], other=0.0)
+            b = tl.load(x_rows + b_offs, mask=keep[:, None] & col_ok_j[None, :], other=0.0)
+        elif EVEN_N and EVEN_D:
+            a = tl.load(x_rows + a_offs)
+            b = tl.load(x_rows + b_offs)
+        else:
+            keep = rows < N
+            a = tl.load(x_rows + a_offs, mask=keep[:, None] & col_ok_i[None, :], other=0.0)
+            b = tl.load(x_rows + b_offs, mask=keep[:, None] & col_ok_j[None, :], other=0.0)
+        if INTERPRET_BF16:
+            # The interpreter stores bf16 as raw uint16 and its dot would multiply the bit patterns.
+            # Upcasting is exact, and bf16 products are exact in fp32, so the math is unchanged.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE_FP32:
+            acc = tl.dot(tl.trans(a), b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(tl.trans(a), b, acc)
+        if it % FLUSH_ITERS == FLUSH_ITERS - 1:
+            # Short chunks keep the MMA accumulator small (its error is relative to its own size);
+            # mid sums them with round-to-nearest CUDA-core adds, which are unbiased.
+            mid += acc
+            acc = acc * 0.0  # cheaper than a zero tile (one FMUL vs two moves per register)
+            if it % (FLUSH_ITERS * MID_CHUNKS) == FLUSH_ITERS * MID_CHUNKS - 1:
+                # Fast2Sum into hi, the exact rounding error stays in mid. Exact when |hi| >= |mid|:
+                # true for the large same-sign entries that carry the Frobenius norm, and for the
+                # first time (hi = 0).
+                s = hi + mid
+                mid = mid - (s - hi)
+                hi = s
+        x_rows += BLOCK_K * stride_x_row
+
+    tile = hi.to(tl.float64) + (mid.to(tl.float64) + acc.to(tl.float64))
+    if tile_i == tile_j:
+        # A diagonal tile is symmetric only up to summation order; average it with its transpose
+        # (the same rule as covariance_ref), which is exactly symmetric.
+        tile = 0.5 * (tile + tl.trans(tile))
+    # Both copies get the same float64 addend, so an exactly symmetric C stays exactly symmetric.
+    upper = Out_ptr + offs_i.to(tl.int64)[:, None] * stride_out_row + offs_j[None, :]
+    upper_ok = col_ok_i[:, None] & col_ok_j[None, :]
+    prev = tl.load(upper, mask=upper_ok, other=0.0)
+    tl.store(upper, prev + tile, mask=upper_ok)
+    if tile_i != tile_j:
+        lower = Out_ptr + offs_j.to(tl.int64)[:, None] * stride_out_row + offs_i[None, :]
+        lower_ok = col_ok_j[:, None] & col_ok_i[None, :]
+        prev_t = tl.load(lower, mask=lower_ok, other=0.0)
+        tl.store(lower, prev_t + tl.trans(tile), mask=lower_ok)
+
+
+def _n_bucket(n: int) -> int:
+    """Power-of-two bucket of N for the autotuning key (tile choice depends on N only coarsely)."""
+    return 1 << min(max(n - 1, 255).bit_length(), 17)
+
+
+def covariance_triton(
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    chunk_rows: int | None = None,
+    config: triton.Config | None = None,
+) -> torch.Tensor:
+    """Add X^T diag(mask) X into ``out`` with the Triton kernel and return ``out``.
+
+    Args:
+        x: [N, d] activations with stride(1) == 1 (any row stride); float16, bfloat16 or float32.
+            float64 inputs are handed to the float64 reference.
+        mask: None, or a contiguous uint8 [N] tensor of 0/1 (rows with 0 are skipped).
+        out: float64 [d, d] accumulator on x's device (stride(1) == 1, or it is copied); each of
+            its two triangles is read and updated, so an exactly symmetric ``out`` stays so.
+        chunk_rows: rows summed in the fp32 MMA accumulator between flushes (multiple of 64;
+            default ``CHUNK_ROWS``). Larger is faster and less accurate; for benchmarks only.
+        config: launch this triton.Config instead of autotuning (benchmarks sweeping chunk_rows).
+
+    Returns:
+        ``out``, updated in place and exactly symmetric.
+
+    Equivalent to: ``slicekit.ops.covariance.covariance_ref``.
+    """
+    if x.dtype == torch.float64:
+        from slicekit.ops.covariance import covariance_ref
+
+        return covariance_ref(x, mask, out)
+    if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"covariance_triton: x must be a 2-D float16/bfloat16/float32 tensor, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    n, d = x.shape
+    if out.dtype != torch.float64 or tuple(out.shape) != (d, d):
+        raise ValueError(f"covariance_triton: out must be float64 [{d}, {d}], got {out.dtype} {tuple(out.shape)}")
+    if mask is not None and (mask.dtype != torch.uint8 or tuple(mask.shape) != (n,)):
+        raise ValueError(f"covariance_triton: mask must be uint8 [{n}], got {mask.dtype} {tuple(mask.shape)}")
+    chunk = CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+    if chunk < 64 or chunk % 64:
+        raise ValueError(f"covariance_triton: chunk_rows must be a positive multiple of 64, got {chunk}")
+    if n == 0 or d == 0:
+        return out
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if mask is not None and not mask.is_contiguous():
+        mask = mask.contiguous()
+    target = out if out.stride(1) == 1 else out.contiguous()
+
+    interpret_bf16 = _INTERPRET and x.dtype == torch.bfloat16
+
+    def grid(meta):
+        t = triton.cdiv(d, meta["BLOCK_M"])
+        return (t * (t + 1) // 2,)
+
+    args = (x, mask if mask is not None else x, target, n, d, _n_bucket(n), x.stride(0), target.stride(0))
+    meta = dict(HAS_MASK=mask is not None, IEEE_FP32=x.dtype == torch.float32 or interpret_bf16,
+                INTERPRET_BF16=interpret_bf16, CHUNK_ROWS=chunk, MID_CHUNKS=MID_CHUNKS)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        if config is None and (_INTERPRET or n * d * d >= _AUTOTUNE_MIN_WORK):
+            _covariance_kernel[grid](*args, **meta)
+        else:
+            # Small problems: a fixed config. Autotuning costs a compile per config and key, which
+            # only pays off for the large calibration shapes.
+            cfg = config or _SMALL_CONFIG
+            _covariance_kernel.fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if target is not out:
+        out.copy_(target)
+    return out
+

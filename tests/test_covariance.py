@@ -1,0 +1,364 @@
+"""covariance: C += X^T diag(m) X into a float64 accumulator, every backend against float64.
+
+Each test runs once per (device, backend) pair that can run here: on a CPU-only machine the torch
+reference and the Triton kernel under TRITON_INTERPRET=1; on a GPU machine additionally the Triton
+kernel and the CUDA extension on CUDA tensors. Every call goes through the public
+``slicekit.ops.covariance``.
+
+Tolerance (relative Frobenius error against ``covariance_ref`` of the SAME low-precision input):
+fp16/bf16 1e-6 -- their products are exact in fp32, so only the sums may cost accuracy, and they
+must stay close to the float64 path (DESIGN.md section 2). fp32 2e-6: fp32 x fp32 products are
+not exact in fp32 (one rounding each, ~6e-8), and a round-to-nearest fp32 sum over a 256-row chunk
+drifts by up to ~6e-8 * sqrt(256) ~ 1e-6. Every result must also be EXACTLY symmetric.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slicekit.ops import available_backends, covariance, covariance_ref
+
+OP = "covariance_accumulate"
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+CASES = [(dev, b) for dev in DEVICES for b in available_backends(OP, dev)]
+IDS = [f"{dev}-{b}" for dev, b in CASES]
+TRITON_CASES = [(dev, b) for dev, b in CASES if b == "triton"]
+TOL = {torch.float16: 1e-6, torch.bfloat16: 1e-6, torch.float32: 2e-6, torch.float64: 1e-12}
+LOW = (torch.float16, torch.bfloat16, torch.float32)
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def activations(n: int, d: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
+    """Random activations with a non-zero mean and a few large-magnitude (outlier) channels."""
+    g = torch.Generator().manual_seed(1000 * seed + 31 * n + d)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.5
+    cols = torch.randperm(d, generator=g)[: max(1, d // 32)]
+    x[:, cols] *= 30.0
+    return x.to(dtype).to(device)
+
+
+def random_mask(n: int, device: str, p_keep: float = 0.7, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7 + seed + n)
+    m = (torch.rand(n, generator=g) < p_keep).to(torch.uint8)
+    m[0] = 1  # at least one kept row, so the reference is non-zero
+    return m.to(device)
+
+
+def reference(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    d = x.shape[-1]
+    m = None if mask is None else mask.reshape(-1).cpu()
+    return covariance_ref(x.reshape(-1, d).cpu(), m, torch.zeros(d, d, dtype=torch.float64))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.cpu() - ref).norm() / ref.norm()).item()
+
+
+def check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    assert out.dtype == torch.float64
+    assert torch.equal(out, out.T), f"{what}: result is not exactly symmetric"
+    err = rel_err(out, ref)
+    assert err <= TOL[dtype], f"{what}: relative Frobenius error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+
+
+def zeros(d: int, device: str) -> torch.Tensor:
+    return torch.zeros(d, d, dtype=torch.float64, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and dtypes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("n", [1, 7, 129, 1000])
+@pytest.mark.parametrize("d", [1, 7, 33, 129])
+def test_matches_float64_reference(device, backend, dtype, n, d):
+    x = activations(n, d, dtype, device)
+    out = covariance(x, None, zeros(d, device), backend=backend)
+    check(out, reference(x, None), dtype, f"N={n} d={d}")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("n,d", [(256, 64), (64, 128)])
+def test_block_multiple_shapes(device, backend, dtype, n, d):
+    """N and d multiples of every block size: the kernel's unpredicated-load path."""
+    x = activations(n, d, dtype, device)
+    out = covariance(x, None, zeros(d, device), backend=backend)
+    check(out, reference(x, None), dtype, f"N={n} d={d}")
+
+
+CUDA_CASES = [c for c in CASES if c[0] == "cuda"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("device,backend", CUDA_CASES, ids=[f"{c[0]}-{c[1]}" for c in CUDA_CASES])
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("n,d", [(4096 + 32, 1000), (4096 + 32, 4095), (65536, 500), (300, 2048 + 64)])
+def test_large_shapes_gpu(device, backend, dtype, n, d):
+    """(4128, 4095) runs the autotuner (restore_value must keep its trial runs out of `out`);
+    (65536, 500) is the long-sum accuracy case: 256 MMA accumulations of 256 rows per element."""
+    if dtype == torch.float32 and d > 2048:
+        pytest.skip("fp32 takes the slow FMA path; one large fp32 shape is enough")
+    x = activations(n, d, dtype, device)
+    out = covariance(x, None, zeros(d, device), backend=backend)
+    check(out, reference(x, None), dtype, f"N={n} d={d}")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+def test_float64_input(device, backend):
+    x = activations(100, 20, torch.float64, device)
+    out = covariance(x, None, zeros(20, device), backend=backend)
+    check(out, reference(x, None), torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks, 3-D inputs, strides
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.bool, torch.float32, torch.int64], ids=str)
+def test_mask_drops_rows(device, backend, dtype, mask_dtype):
+    n, d = 257, 40
+    x = activations(n, d, dtype, device)
+    m = random_mask(n, device).to(mask_dtype)
+    out = covariance(x, m, zeros(d, device), backend=backend)
+    ref = reference(x, m.to(torch.uint8))
+    check(out, ref, dtype, f"mask {mask_dtype}")
+    # Dropping rows must equal removing them.
+    kept = x[m.bool()]
+    check(out, reference(kept, None), dtype, "mask vs removed rows")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+def test_all_rows_masked_adds_nothing(device, backend):
+    x = activations(50, 9, torch.float16, device)
+    out0 = activations(9, 9, torch.float64, device, seed=3)
+    out0 = out0 + out0.T
+    out = covariance(x, torch.zeros(50, dtype=torch.uint8, device=device), out0.clone(), backend=backend)
+    assert torch.equal(out, out0)
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_3d_input_with_attention_mask(device, backend, dtype):
+    b, t, d = 3, 37, 20
+    x = activations(b * t, d, dtype, device).reshape(b, t, d)
+    lengths = torch.tensor([37, 20, 1])
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).to(torch.int64).to(device)  # right padding
+    out = covariance(x, mask, zeros(d, device), backend=backend)
+    check(out, reference(x, mask.to(torch.uint8)), dtype, "3-D")
+    out_nomask = covariance(x, None, zeros(d, device), backend=backend)
+    check(out_nomask, reference(x, None), dtype, "3-D, no mask")
+
+
+def _views(kind: str, n: int, d: int, dtype, device):
+    if kind == "column_slice":  # a slice of a wider activation: row stride d + 11
+        return activations(n, d + 11, dtype, device)[:, 5:5 + d]
+    if kind == "row_step":  # every other row: row stride 2 (d + 3)
+        return activations(2 * n, d + 3, dtype, device)[::2, 1:1 + d]
+    if kind == "transposed":  # stride(1) != 1: the front-end must copy
+        return activations(d, n, dtype, device).T
+    if kind == "3d_slice":  # [B, T, d] slice of [B, T, d + 6]: reshape cannot be a view
+        return activations(n, d + 6, dtype, device).reshape(n // 5, 5, d + 6)[:, :, 2:2 + d]
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("kind", ["column_slice", "row_step", "transposed", "3d_slice"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_non_contiguous_input(device, backend, kind, dtype):
+    n, d = 130, 45
+    x = _views(kind, n, d, dtype, device)
+    assert not x.is_contiguous()
+    out = covariance(x, None, zeros(d, device), backend=backend)
+    check(out, reference(x.contiguous(), None), dtype, kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulation across calls
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_many_batches_accumulate(device, backend, dtype):
+    d = 40
+    out = zeros(d, device)
+    ref = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(20):
+        n = 16 + 13 * i
+        x = activations(n, d, dtype, device, seed=i)
+        m = random_mask(n, device, seed=i) if i % 3 == 0 else None
+        res = covariance(x, m, out, backend=backend)
+        assert res is out
+        assert torch.equal(out, out.T), f"not exactly symmetric after call {i}"
+        ref += reference(x, m)
+    check(out, ref, dtype, "20 batches")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+def test_adds_into_existing_accumulator(device, backend):
+    d = 70
+    base = activations(d, d, torch.float64, device, seed=5)
+    out0 = base @ base.T
+    out0 = 0.5 * (out0 + out0.T)  # exactly symmetric, like every accumulator the op leaves
+    x = activations(300, d, torch.float16, device)
+    out = covariance(x, None, out0.clone(), backend=backend)
+    assert torch.equal(out, out.T)
+    check(out - out0, reference(x, None), torch.float16, "added part")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+def test_out_none_makes_zero_accumulator(device, backend):
+    x = activations(64, 12, torch.bfloat16, device)
+    out = covariance(x, backend=backend)
+    assert out.shape == (12, 12) and out.dtype == torch.float64 and out.device.type == device
+    check(out, reference(x, None), torch.bfloat16)
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+def test_non_contiguous_out(device, backend):
+    d = 33
+    x = activations(90, d, torch.float16, device)
+    big = torch.zeros(d, 2 * d, dtype=torch.float64, device=device)
+    out = big[:, :d]
+    res = covariance(x, None, out, backend=backend)
+    assert res is out
+    check(out, reference(x, None), torch.float16, "strided out")
+    assert torch.equal(big[:, d:], torch.zeros_like(big[:, d:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernel specifics (called directly: options the public op does not expose)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunk_rows", [64, 128, 1 << 20])
+def test_triton_flush_every_chunk(device, backend, dtype, chunk_rows):
+    """Short chunks run both in-loop flushes (acc -> mid every chunk, mid -> hi every MID_CHUNKS
+    chunks: 64 * 16 = 1024 rows); 1 << 20 never flushes."""
+    from slicekit.kernels.covariance import covariance_triton
+
+    n, d = 1100, 40
+    x = activations(n, d, dtype, device)
+    m = random_mask(n, device)
+    out = covariance_triton(x, m, zeros(d, device), chunk_rows=chunk_rows)
+    if chunk_rows < n:
+        check(out, reference(x, m), dtype, f"chunk_rows={chunk_rows}")
+    else:
+        # No flush: the tensor-core accumulator alone, whose truncation bias grows ~2e-8 per 16 rows
+        # on a GPU (see kernels/covariance.py); only the path is checked here.
+        assert torch.equal(out, out.T)
+        assert rel_err(out, reference(x, m)) <= 5e-5
+    with pytest.raises(ValueError, match="multiple of 64"):
+        covariance_triton(x, None, zeros(d, device), chunk_rows=100)
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+def test_triton_never_reads_dropped_rows(device, backend):
+    """Padding rows may hold garbage (inf, NaN): the kernel skips them instead of multiplying by 0."""
+    from slicekit.kernels.covariance import covariance_triton
+
+    n, d = 96, 24
+    x = activations(n, d, torch.float16, device)
+    m = random_mask(n, device)
+    x[~m.bool()] = float("nan")
+    x[~m.bool(), 0] = float("inf")
+    out = covariance_triton(x, m, zeros(d, device))
+    assert torch.isfinite(out).all()
+    check(out, reference(x[m.bool()], None), torch.float16, "NaN padding")
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+def test_triton_tile_enumeration_covers_triangle(device, backend):
+    """Every upper tile exactly once, for tile counts that end inside and on a GROUP_M band."""
+    from slicekit.kernels import covariance as kcov
+
+    block = 32 if kcov._INTERPRET else 128
+    for tiles in (1, 2, 3, 5, 9) if kcov._INTERPRET else (1, 3, 9, 17):
+        d = tiles * block - 3
+        x = activations(3, d, torch.float16, device)
+        out = kcov.covariance_triton(x, None, zeros(d, device))
+        check(out, reference(x, None), torch.float16, f"{tiles} tile rows")
+
+
+# ---------------------------------------------------------------------------------------------
+# Front-end errors
+# ---------------------------------------------------------------------------------------------
+def test_error_mask_values():
+    x = activations(10, 4, torch.float16, "cpu")
+    bad = torch.ones(10)
+    bad[3] = 2.0
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        covariance(x, bad)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        covariance(x, torch.full((10,), 0.5))
+
+
+def test_error_mask_shape():
+    x = activations(12, 4, torch.float16, "cpu")
+    with pytest.raises(ValueError, match="does not match"):
+        covariance(x, torch.ones(11, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="does not match"):
+        covariance(x.reshape(3, 4, 4), torch.ones(12, dtype=torch.uint8))
+
+
+def test_error_out_dtype_and_shape():
+    x = activations(12, 4, torch.float16, "cpu")
+    with pytest.raises(ValueError, match="float64"):
+        covariance(x, None, torch.zeros(4, 4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="float64"):
+        covariance(x, None, torch.zeros(5, 5, dtype=torch.float64))
+
+
+def test_error_input_rank_and_dtype():
+    with pytest.raises(ValueError, match="2-D"):
+        covariance(torch.ones(5, dtype=torch.float16))
+    with pytest.raises(TypeError, match="dtype"):
+        covariance(torch.ones(5, 3, dtype=torch.int32))
+
+
+def test_error_unknown_backend():
+    with pytest.raises(RuntimeError, match="unknown backend"):
+        covariance(activations(4, 3, torch.float16, "cpu"), backend="nope")
+
+
+def test_empty_input_adds_nothing():
+    out = covariance(torch.zeros(0, 6, dtype=torch.float16), None, torch.ones(6, 6, dtype=torch.float64))
+    assert torch.equal(out, torch.ones(6, 6, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark plumbing (CPU, interpreter): the table the GPU numbers are read through
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(("cpu", "triton") not in CASES, reason="needs the Triton interpreter on the CPU")
+def test_benchmark_rows_cpu():
+    import importlib.util
+    import os
+    import sys
+
+    bench_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, bench_dir)
+    try:
+        path = os.path.join(bench_dir, "bench_covariance.py")
+        spec = importlib.util.spec_from_file_location("_bench_covariance", path)
+        bc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bc)
+    finally:
+        sys.path.remove(bench_dir)
+
+    def timer(fn, **kw):
+        fn()
+        return (1.0, 0.9, 1.1)
+
+    rows = bc.measure_shape("tiny", 40, 96, torch.float16, device="cpu", timer=timer, with_mask=True)
+    by = {r["provider"]: r for r in rows}
+    assert set(by) == {"triton", "triton_mask", "cuda", "torch_gemm", "torch_fp64"}
+    assert by["triton"]["rel_err"] <= 1e-6 and by["triton_mask"]["rel_err"] <= 1e-6
+    assert by["triton"]["tflops"] == pytest.approx(96 * 40 * 41 / 1e-3 / 1e12)
+    assert by["triton"]["speedup_vs_gemm"] == 1.0 and by["torch_fp64"]["rel_err"] == 0.0
+    table = bc.markdown_table(bc.summarize(rows), bc.SUMMARY_COLS)
+    assert "| tiny | 40 | 96 | float16 |" in table
+    chunks = bc.measure_chunks(40, 96, torch.float16, device="cpu", timer=timer, chunks=(64,))
+    assert [c["flush"] for c in chunks][:2] == ["every 64 rows", "never"]
+    assert all(c["rel_err"] <= 1e-6 for c in chunks[:2])
