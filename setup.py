@@ -29,6 +29,48 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _cuda_library_paths(cuda_home: str):
+    """Where cuBLAS (and the cuSPARSE/cuSOLVER headers ATen/cuda/CUDAContext.h includes) live.
+
+    A toolkit installed from pip's nvidia-* wheels, or a minimal one, may ship nvcc without them;
+    the CUDA builds of torch depend on those wheels, so their include/ and lib/ folders are used
+    when the toolkit lacks cublas_v2.h. Returns (include_dirs, library_dirs, extra_link_args).
+    """
+    toolkit_inc = os.path.join(cuda_home, "include")
+    lib_dirs = [os.path.join(cuda_home, d) for d in ("lib64", "lib") if os.path.isdir(os.path.join(cuda_home, d))]
+    inc_dirs: list[str] = []
+    if not os.path.exists(os.path.join(toolkit_inc, "cublas_v2.h")):
+        try:
+            import nvidia  # namespace package of the nvidia-* wheels
+
+            roots = list(nvidia.__path__)
+        except Exception:
+            roots = []
+        for root in roots:
+            for sub in sorted(os.listdir(root)):
+                inc = os.path.join(root, sub, "include")
+                if os.path.isdir(inc) and any(
+                    os.path.exists(os.path.join(inc, h)) for h in ("cublas_v2.h", "cusparse.h", "cusolverDn.h")
+                ):
+                    inc_dirs.append(inc)
+                    if os.path.isdir(os.path.join(root, sub, "lib")):
+                        lib_dirs.append(os.path.join(root, sub, "lib"))
+        if not inc_dirs:
+            warnings.warn(f"slicekit: no cublas_v2.h under {toolkit_inc} nor in pip's nvidia-* packages; the build will fail")
+    # Link cuBLAS by name when a linkable file exists; otherwise the symbols resolve at import from
+    # the libcublas that libtorch_cuda already loaded (same soname).
+    link_args: list[str] = []
+    for d in lib_dirs:
+        names = sorted(f for f in os.listdir(d) if f.startswith("libcublas.so"))
+        if "libcublas.so" in names:
+            link_args = ["-lcublas"]
+            break
+        if names:
+            link_args = [f"-l:{names[0]}"]
+            break
+    return inc_dirs, lib_dirs, link_args
+
+
 def _cuda_extensions():
     if _flag("SLICEKIT_SKIP_CUDA") or _flag("SLICEKIT_SKIP_CUDA_BUILD"):
         return [], {}
@@ -65,9 +107,10 @@ def _cuda_extensions():
             gencode += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
     # The arch list is ours: keep torch from appending its own -gencode flags for the build GPU.
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    # No -std flag: torch's BuildExtension adds the standard its own headers need (c++17 or c++20,
+    # depending on the torch version), and nvcc refuses two -std flags.
     nvcc_flags = [
         "-O3",
-        "-std=c++17",
         "--use_fast_math",
         "--expt-relaxed-constexpr",
         "-lineinfo",
@@ -82,11 +125,14 @@ def _cuda_extensions():
     )
     if not sources:
         return [], {}
+    include_dirs, library_dirs, link_args = _cuda_library_paths(CUDA_HOME)
     ext = CUDAExtension(
         name="slicekit._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+        include_dirs=[os.path.join(ROOT, "csrc")] + include_dirs,
+        library_dirs=library_dirs,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc_flags},
+        extra_link_args=link_args,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
