@@ -1,36 +1,49 @@
 #!/usr/bin/env bash
-# One GPU session: build the extension, run every GPU test, run the benchmarks, pack the results.
-# Usage: bash scripts/gpu_session.sh [quick|full] [extra pytest args]
-# Writes logs and benchmarks/results/*.json; when $OUT is set (the device tool), packs them there.
+# One GPU session: build the extension, run the GPU tests, run benchmarks, pack logs and results.
+# Usage: bash scripts/gpu_session.sh STAGE...   where STAGE is
+#   build                    compile slicekit._C (skipped when already built and sources unchanged)
+#   tests                    every GPU-relevant test file
+#   NAME[:ARGS]              python benchmarks/NAME.py ARGS (ARGS comma-separated), e.g. sliced_gemm:--quick
+#   ext[:ARGS]               python csrc/bench_ext.py ARGS
+# Writes logs to $OUT/gpu_logs (or /tmp/gpu_logs) and packs benchmarks/results + logs into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:-quick}
 export PYTHONUNBUFFERED=1
 LOG=${OUT:-/tmp}/gpu_logs
 mkdir -p "$LOG" benchmarks/results
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/results.tgz" benchmarks/results "$LOG" 2>/dev/null; }
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/results.tgz" benchmarks/results "$LOG" 2>/dev/null; true; }
 trap pack EXIT
+BT=${BENCH_TIMEOUT:-120}
 
-stamp "nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$LOG/nvidia_smi.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee "$LOG/versions.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$LOG/nvidia_smi.txt" 2>&1
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))" | tee "$LOG/versions.txt"
 
-stamp "build"
-MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"} SLICEKIT_FORCE_CUDA=1 \
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1
-echo "build rc=$?"; tail -5 "$LOG/build.log"
-python3 -c "import slicekit.ops as o; print('backends', o.available_backends('covariance_accumulate', 'cuda'), o.available_backends('rotate_slice', 'cuda'), o.available_backends('shortcut_linear', 'cuda'))"
-
-stamp "gpu tests"
-timeout 300 python3 -m pytest -q -x -ra tests/test_covariance.py tests/test_rotate_slice.py tests/test_shortcut_linear.py \
-  tests/test_cuda_ext.py tests/test_gpu_pipeline.py "${@:2}" 2>&1 | tail -25 | tee "$LOG/pytest_gpu.txt"
-
-Q=""; [ "$MODE" = quick ] && Q="--quick"
-for b in bench_covariance bench_rotate_slice sliced_gemm slicing_pipeline; do
-  [ -f benchmarks/$b.py ] || continue
-  stamp "$b $Q"
-  timeout ${BENCH_TIMEOUT:-240} python3 benchmarks/$b.py $Q > "$LOG/$b.txt" 2>&1; echo "$b rc=$?"
-  tail -30 "$LOG/$b.txt"
+for stage in "$@"; do
+  name=${stage%%:*}; args=""; [ "$name" != "$stage" ] && args=$(echo "${stage#*:}" | tr ',' ' ')
+  case "$name" in
+    build)
+      stamp build
+      MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"} SLICEKIT_FORCE_CUDA=1 \
+        python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1
+      echo "build rc=$?"; grep -iE "error|warning: .*spill" "$LOG/build.log" | head -20
+      python3 -c "import slicekit.ops as o; print('backends', *(o.available_backends(n, 'cuda') for n in ('covariance_accumulate','rotate_slice','shortcut_linear')))"
+      ;;
+    tests)
+      stamp tests
+      timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -ra -p no:cacheprovider tests/test_covariance.py tests/test_rotate_slice.py \
+        tests/test_shortcut_linear.py tests/test_cuda_ext.py tests/test_gpu_pipeline.py $args > "$LOG/pytest_gpu.txt" 2>&1
+      echo "tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR" "$LOG/pytest_gpu.txt" | head -30
+      ;;
+    ext)
+      stamp "bench_ext $args"
+      timeout $BT python3 csrc/bench_ext.py $args > "$LOG/bench_ext.txt" 2>&1; echo "rc=$?"; tail -40 "$LOG/bench_ext.txt"
+      ;;
+    *)
+      stamp "$name $args"
+      timeout $BT python3 benchmarks/$name.py $args > "$LOG/$name.txt" 2>&1; echo "rc=$?"; tail -${TAIL:-30} "$LOG/$name.txt"
+      ;;
+  esac
 done
-stamp "done"
+stamp done
