@@ -27,7 +27,12 @@ for stage in "$@"; do
       stamp build
       MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"} SLICEKIT_FORCE_CUDA=1 \
         python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1
-      echo "build rc=$?"; grep -iE "error|warning: .*spill" "$LOG/build.log" | head -20
+      rc=$?; echo "build rc=$rc"; grep -iE "error|warning: .*spill" "$LOG/build.log" | head -20
+      if [ $rc -ne 0 ]; then  # fall back to an in-place build (the kernels map themselves from the checkout)
+        MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"} SLICEKIT_FORCE_CUDA=1 \
+          python3 setup.py build_ext --inplace > "$LOG/build_inplace.log" 2>&1; echo "inplace build rc=$?"
+        tail -5 "$LOG/build_inplace.log"; export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+      fi
       python3 -c "import slicekit.ops as o; print('backends', *(o.available_backends(n, 'cuda') for n in ('covariance_accumulate','rotate_slice','shortcut_linear')))"
       ;;
     tests)
