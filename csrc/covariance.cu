@@ -350,15 +350,15 @@ void covariance_accumulate_cuda(const CovarianceParams& p) {
                        (p.chunk_rows > 0 && p.flush_rows > 0) || tensor_core_sums_round_to_nearest(handle, options);
   const int64_t chunk_default = nearest ? kChunkRowsNearest : kChunkRowsTruncating;
   const int64_t flush_default = nearest ? kFlushRowsNearest : kFlushRowsTruncating;
-  const int64_t chunk_env = p.chunk_rows > 0 ? p.chunk_rows : env_int("SLICEKIT_COV_CHUNK", chunk_default);
+  const int64_t chunk_env = p.chunk_rows > 0 ? p.chunk_rows : env_int("SLICEKIT_COV_CHUNK", chunk_default, 256);
   const int64_t chunk = std::min<int64_t>({n_rows, chunk_env, INT32_MAX});
-  const int64_t flush_rows = p.flush_rows > 0 ? p.flush_rows : env_int("SLICEKIT_COV_FLUSH_ROWS", flush_default);
+  const int64_t flush_rows = p.flush_rows > 0 ? p.flush_rows : env_int("SLICEKIT_COV_FLUSH_ROWS", flush_default, 256);
   const int64_t chunks_per_flush = std::max<int64_t>(1, flush_rows / chunk);
   const int64_t n_chunks = ceil_div(n_rows, chunk);
   const bool recursive = env_is("SLICEKIT_COV_SCHEME", "recursive");
   const CovPlan plan =
-      recursive ? plan_recursive(d, p.block > 0 ? p.block : env_int("SLICEKIT_COV_BLOCK", 192))
-                : plan_blocks(d, std::min<int64_t>(d, p.block > 0 ? p.block : env_int("SLICEKIT_COV_BLOCK", default_block(d))));
+      recursive ? plan_recursive(d, p.block > 0 ? p.block : env_int("SLICEKIT_COV_BLOCK", 192, 128))
+                : plan_blocks(d, std::min<int64_t>(d, p.block > 0 ? p.block : env_int("SLICEKIT_COV_BLOCK", default_block(d), 128)));
   at::Tensor work = at::empty({plan.total}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* work_ptr = work.data_ptr<acc_t>();
 

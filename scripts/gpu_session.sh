@@ -37,9 +37,9 @@ for stage in "$@"; do
       ;;
     tests)
       stamp tests
-      timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -ra -p no:cacheprovider tests/test_covariance.py tests/test_rotate_slice.py \
-        tests/test_shortcut_linear.py tests/test_cuda_ext.py tests/test_gpu_pipeline.py $args > "$LOG/pytest_gpu.txt" 2>&1
-      echo "tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR" "$LOG/pytest_gpu.txt" | head -30
+      timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -ra -p no:cacheprovider ${TEST_FILES:-tests/test_covariance.py tests/test_rotate_slice.py} \
+        ${TEST_FILES2-tests/test_shortcut_linear.py tests/test_cuda_ext.py tests/test_gpu_pipeline.py} $args > "$LOG/pytest_gpu.txt" 2>&1
+      echo "tests rc=$?"; grep -E "passed|failed|FAILED|ERROR" "$LOG/pytest_gpu.txt" | head -30
       ;;
     ext)
       stamp "bench_ext $args"
