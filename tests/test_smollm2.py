@@ -59,7 +59,7 @@ def test_real_model_slices_and_stays_sane(smollm2, windows, tmp_path):
         slicekit.perplexity(model, test[:2], batch_size=2), rel=1e-4
     )
 
-    sliced, report = slicekit.slice_model(model, calib, sparsity=0.25, progress=False)
+    sliced, report = slicekit.slice_model(model, calib, sparsity=0.25, tie_embeddings=False, slice_head=False, progress=False)
     ppl = slicekit.perplexity(sliced, test, batch_size=4)
     assert report.dims[:-1] == [432] * 60 and report.dims[-1] == 576
     # Bound: SliceGPT costs small models much more than large ones (paper: OPT-125M 27.6 -> 37.7 at
