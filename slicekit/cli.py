@@ -52,11 +52,11 @@ def _stage(what: str, user: bool = False):
         yield
     except (UserError, RunError):
         raise
-    except (FileNotFoundError, IsADirectoryError, ValueError, OSError, ImportError, RuntimeError) as exc:
+    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         if _debug():
             raise
         cls = UserError if user or isinstance(exc, (FileNotFoundError, IsADirectoryError)) else RunError
-        raise cls(f"{what}: {exc}") from exc
+        raise cls(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 class _Clock:
@@ -209,7 +209,7 @@ def _validate_common(args) -> None:
     _check_device(getattr(args, "device", None))
 
 
-def _validate_slice(args, demo: bool = False) -> None:
+def _validate_slice(args) -> None:
     if not (0.0 <= args.sparsity < 1.0) or math.isnan(args.sparsity):
         raise UserError(f"--sparsity must lie in [0, 1), got {args.sparsity}")
     _validate_common(args)
@@ -430,7 +430,7 @@ def cmd_demo(args) -> int:
     args.model, args.gguf_file, args.tokenizer = "smollm2", None, None
     args.calib_text, args.eval_text = DEMO_CALIB, DEMO_EVAL
     args.dtype, args.round_to, args.slice_head = "float32", 8, False
-    _validate_slice(args, demo=True)
+    _validate_slice(args)
     result = _slice_pipeline(args, _log, demo=True)
     print(_summary(result))
     return 0
@@ -458,8 +458,8 @@ def cmd_eval(args) -> int:
         "command": "eval",
         "model": args.model,
         "model_class": type(model).__name__,
-        "sliced": bool(slicekit.is_sliced(model)) if hasattr(slicekit, "is_sliced") else None,
-        "params": slicekit.count_parameters(model) if hasattr(slicekit, "count_parameters") else None,
+        "sliced": slicekit.is_sliced(model),
+        "params": slicekit.count_parameters(model),
         "text": args.text,
         "seqlen": int(windows.shape[1]),
         "windows": int(windows.shape[0]),

@@ -6,7 +6,7 @@ Sources understood by :func:`load_text`:
 | ------------------------------- | ----------------------------------------------------------------- |
 | a path to a plain-text file     | the file, read as UTF-8                                           |
 | ``python-docs``                 | Python's own topic help (``pydoc_data.topics``), no download      |
-| ``python-docs:calib`` / ``:eval`` | disjoint parts of it: every 5th topic is held out for ``:eval``  |
+| ``python-docs:calib`` / ``:eval`` | disjoint parts of it: whole topics, ~20% of the text held out   |
 | ``wikitext2[:split]``           | WikiText-2 raw (``test`` by default), needs ``datasets`` + network |
 | ``c4[:split]``                  | first shard of allenai/c4 ``en`` (``validation`` by default), same |
 
@@ -36,9 +36,8 @@ NAMED_SOURCES = (
     "c4:validation",
 )
 
-# Every _PYDOCS_EVAL_EVERY-th topic (in sorted key order) is held out for evaluation: interleaving
-# keeps both halves a mix of the whole manual, unlike a head/tail split of an alphabetical list.
-_PYDOCS_EVAL_EVERY = 5
+# Share of python-docs characters held out for evaluation.
+_PYDOCS_EVAL_SHARE = 0.2
 
 
 def is_named_source(source: str) -> bool:
@@ -77,13 +76,31 @@ def _python_docs(split: str | None) -> str:
     keys = sorted(topics)
     if split is None:
         chosen = keys
-    elif split in ("calib", "train"):
-        chosen = [k for i, k in enumerate(keys) if i % _PYDOCS_EVAL_EVERY != _PYDOCS_EVAL_EVERY - 1]
-    elif split in ("eval", "test"):
-        chosen = [k for i, k in enumerate(keys) if i % _PYDOCS_EVAL_EVERY == _PYDOCS_EVAL_EVERY - 1]
+    elif split in ("calib", "train", "eval", "test"):
+        chosen = _python_docs_split(topics, keys)[0 if split in ("calib", "train") else 1]
     else:
         raise ValueError(f"unknown python-docs split {split!r}; use python-docs, python-docs:calib or python-docs:eval")
     return "\n\n".join(topics[k].strip() for k in chosen)
+
+
+def _python_docs_split(topics: dict, keys: list[str]) -> tuple[list[str], list[str]]:
+    """Whole topics, in sorted order: a topic is held out when the held-out part stays within its share.
+
+    Interleaving keeps both parts a mix of the whole manual (a head/tail cut of an alphabetical
+    list would not), and balancing by characters rather than topic count matters because topic
+    sizes span two orders of magnitude.
+    """
+    calib, held, n_calib, n_held = [], [], 0, 0
+    for k in keys:
+        size = len(topics[k])
+        total = n_calib + n_held + size
+        if n_held + size <= _PYDOCS_EVAL_SHARE * total:
+            held.append(k)
+            n_held += size
+        else:
+            calib.append(k)
+            n_calib += size
+    return calib, held
 
 
 def _hf_text(name: str, split: str) -> str:

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import token_windows
+from .data import token_windows, tokenize
 
 __all__ = ["perplexity", "window_nll"]
 
@@ -26,11 +26,7 @@ def _model_device(model) -> torch.device:
 
 def _as_windows(data, tokenizer, seqlen: int, max_windows: int | None) -> torch.Tensor:
     if isinstance(data, str) or (isinstance(data, torch.Tensor) and data.dim() == 1):
-        ids = data
-        if isinstance(data, str):
-            from .data import tokenize
-
-            ids = tokenize(data, tokenizer)
+        ids = tokenize(data, tokenizer) if isinstance(data, str) else data
         available = ids.numel() // seqlen
         n = available if max_windows is None else min(max_windows, available)
         return token_windows(ids, seqlen=seqlen, n_windows=max(n, 1))

