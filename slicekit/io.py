@@ -94,7 +94,7 @@ def load_sliced(path: str, *, device: str | torch.device = "cpu", dtype: torch.d
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .adapters import get_adapter
-    from .structure import meta_tensor_names, set_tensor, sliced_skeleton
+    from .structure import meta_tensor_names, set_tensor, sliced_skeleton, tie_head
 
     if not is_sliced_dir(path):
         raise FileNotFoundError(f"{path} is not a slicekit folder (no {MARKER}); use slicekit.save_sliced to write one")
@@ -122,6 +122,8 @@ def load_sliced(path: str, *, device: str | torch.device = "cpu", dtype: torch.d
         )
     for name, t in tensors.items():
         set_tensor(model, name, t)
+    # A tied head is stored once, under the embedding's name: point the head at the loaded tensor.
+    tie_head(model, adapter)
     left = meta_tensor_names(model)
     if left:
         raise ValueError(f"{path}: tensors missing from the checkpoint: {left[:5]}")

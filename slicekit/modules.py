@@ -39,6 +39,49 @@ class SlicedRMSNorm(nn.Module):
         return f"divisor={self.dim}, eps={self.eps}"
 
 
+class TiedHead(nn.Module):
+    """Output head that shares its weight with the (rotated, sliced) token embedding.
+
+    logits = (h M^T) E^T + b + (h u) r^T, with
+      E [V, k]: the embedding tensor itself (same Parameter object: stored and counted once);
+      M [k, k]: ``mix``, the final norm's gamma in the sliced basis, Q_k^T diag(gamma) Q_k (a tied
+        head cannot absorb gamma: the embedding must stay gamma-free);
+      b [V], u [k], r [V]: only for LayerNorm models, where the embedding is centred (E M_c Q_k)
+        but the head must still see the mean direction: b = E beta, u = Q_k^T gamma / d, r = E 1.
+    Exact at full width: Q Q^T = I turns every term back into (gamma * x / rms + beta) E^T.
+    """
+
+    def __init__(self, weight: nn.Parameter, mix: torch.Tensor, bias: torch.Tensor | None = None,
+                 mean_in: torch.Tensor | None = None, mean_out: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = weight
+        self.mix = nn.Parameter(mix, requires_grad=mix.is_floating_point())
+        for name, t in (("bias", bias), ("mean_in", mean_in), ("mean_out", mean_out)):
+            if t is None:
+                self.register_parameter(name, None)
+            else:
+                setattr(self, name, nn.Parameter(t, requires_grad=t.is_floating_point()))
+        if (mean_in is None) != (mean_out is None):
+            raise ValueError("TiedHead needs both mean_in and mean_out, or neither")
+
+    @property
+    def in_features(self) -> int:
+        return self.mix.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = nn.functional.linear(nn.functional.linear(h, self.mix), self.weight, self.bias)
+        if self.mean_in is not None:
+            logits = logits + (h @ self.mean_in).unsqueeze(-1) * self.mean_out
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tied to the token embedding"
+
+
 class PlainMLP(nn.Module):
     """fc2(act(fc1(x))) for architectures whose MLP linears sit directly on the layer (OPT)."""
 
@@ -52,10 +95,23 @@ class PlainMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _default_shortcut_backend() -> str | None:
-    # The fused kernel becomes the default only where it was measured to win (README, issue 6);
-    # SLICEKIT_SHORTCUT_BACKEND overrides for experiments.
-    return os.environ.get("SLICEKIT_SHORTCUT_BACKEND") or "torch"
+def _default_shortcut_backend(x: torch.Tensor | None = None) -> str | None:
+    # The fused Triton kernel is the default only where it was measured to win on the H200
+    # (README, benchmarks/results/shortcut_linear.json): decode-sized steps (<= 16 tokens), where
+    # one launch instead of two matters (1.16-1.24x faster than cuBLAS twice); from 128 tokens on,
+    # cuBLAS with the add fused into its epilogue (addmm) is faster. SLICEKIT_SHORTCUT_BACKEND overrides.
+    env = os.environ.get("SLICEKIT_SHORTCUT_BACKEND")
+    if env:
+        return env
+    if x is not None and x.is_cuda and x.numel() // max(1, x.shape[-1]) <= 16 and _triton_available():
+        return "triton"
+    return "torch"
+
+
+def _triton_available() -> bool:
+    from .ops._dispatch import _triton_ok
+
+    return _triton_ok()
 
 
 class SlicedDecoderLayer(nn.Module):
@@ -63,6 +119,7 @@ class SlicedDecoderLayer(nn.Module):
 
     sequential:  m = x S_attn + Attn(norm(x)) W_o^T + b_o;   y = m S_mlp + MLP(norm(m)) W_d^T + b_d
     parallel:    y = x S + Attn(norm(x)) W_o^T + b_o + MLP(norm(x)) W_2^T + b_2
+    (S_attn is None -- the identity -- when the layer's input and middle positions share a basis.)
 
     ``attn`` and ``mlp`` are the original Hugging Face modules with their readers rotated and sliced
     and their output projection replaced by Identity; the output projections live here as
@@ -78,7 +135,7 @@ class SlicedDecoderLayer(nn.Module):
         mlp_norm: nn.Module | None,
         attn_out: nn.Linear,
         mlp_out: nn.Linear,
-        attn_shortcut: torch.Tensor,
+        attn_shortcut: torch.Tensor | None,
         mlp_shortcut: torch.Tensor | None,
         returns_tuple: bool = False,
         attention_type: str | None = None,
@@ -93,18 +150,22 @@ class SlicedDecoderLayer(nn.Module):
         self.mlp_norm = mlp_norm
         self.attn_out = attn_out
         self.mlp_out = mlp_out
-        self.attn_shortcut = nn.Parameter(attn_shortcut, requires_grad=attn_shortcut.is_floating_point())
-        if mlp_shortcut is not None:
-            self.mlp_shortcut = nn.Parameter(mlp_shortcut, requires_grad=mlp_shortcut.is_floating_point())
-        else:
-            self.register_parameter("mlp_shortcut", None)
+        # A shortcut of None is the identity: both positions share one basis and one width, so the
+        # skip connection needs no change of basis (and no parameters).
+        for name, t in (("attn_shortcut", attn_shortcut), ("mlp_shortcut", mlp_shortcut)):
+            if t is None:
+                self.register_parameter(name, None)
+            else:
+                setattr(self, name, nn.Parameter(t, requires_grad=t.is_floating_point()))
         self.returns_tuple = returns_tuple
         self.shortcut_backend: str | None = None
         if attention_type is not None:
             self.attention_type = attention_type
 
     def _residual(self, x, shortcut, h, linear: nn.Linear):
-        backend = self.shortcut_backend or _default_shortcut_backend()
+        if shortcut is None:
+            return x + nn.functional.linear(h, linear.weight, linear.bias)
+        backend = self.shortcut_backend or _default_shortcut_backend(x)
         return shortcut_linear(x, shortcut, h, linear.weight, linear.bias, backend=backend)
 
     def attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

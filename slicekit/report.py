@@ -33,7 +33,7 @@ def parameter_breakdown(model: nn.Module) -> dict[str, int]:
         if "shortcut" in name:
             key = "shortcuts"
         elif name.startswith("lm_head"):
-            key = "head"
+            key = "head"  # a tied head's weight is the embedding tensor, counted there; its mix matrix here
         elif "embed" in name:
             key = "embeddings"
         elif "self_attn" in name or "attn_out" in name:
@@ -105,7 +105,8 @@ class SliceReport:
             stage_seconds={k: round(v, 4) for k, v in stage_seconds.items()}, total_seconds=round(total_seconds, 3),
             device=str(device), backend=backend, peak_gpu_memory_mib=peak_gpu,
             peak_host_memory_mib=peak_host_memory_mib(),
-            tied_embeddings_untied=bool(getattr(cfg, "tie_word_embeddings", False)), eigenvalues=eigvals,
+            tied_embeddings_untied=bool(getattr(cfg, "tie_word_embeddings", False)) and not meta.get("tied", False),
+            eigenvalues=eigvals,
         )
 
     def to_dict(self, eigenvalues: bool = False) -> dict:
@@ -125,8 +126,9 @@ class SliceReport:
         ]
         if self.params_after >= self.params_before:
             lines.append(
-                "note: the sliced model is NOT smaller than the original: untying the embeddings and the shortcut "
-                "matrices add more parameters than slicing removes at this sparsity"
+                "note: the sliced model is NOT smaller than the original: "
+                + ("untying the embeddings and " if self.tied_embeddings_untied else "")
+                + "the shortcut matrices add more parameters than slicing removes at these widths"
             )
         return "\n".join(lines)
 

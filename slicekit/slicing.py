@@ -22,11 +22,11 @@ from torch import nn
 
 from .adapters import Adapter, get_adapter, norm_params
 from .calibration import CalibrationError, capture_first_layer_inputs, make_batches
-from .modules import SlicedDecoderLayer
+from .modules import SlicedDecoderLayer, TiedHead
 from .ops import covariance, resolve_backend, rotate_slice
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
-from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton
+from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton, tie_head
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -34,6 +34,9 @@ class NonFiniteActivationsError(RuntimeError):
 
 
 ROTATIONS = ("pca", "random", "identity")
+TIED_BASES = ("dense", "two_pass")
+HEAD_FITS = ("gamma", "lstsq")
+MLP_SELECTIONS = ("obs", "energy")
 
 
 def sliced_width(d: int, sparsity: float, round_to: int) -> int:
@@ -76,7 +79,9 @@ class _Clock:
 class _Slicer:
     """State of one slicing run (kept in one place so the per-position steps stay short)."""
 
-    def __init__(self, model, adapter, batches, dims, device, backend, rotation, damp, seed, progress):
+    def __init__(self, model, adapter, batches, dims, device, backend, rotation, damp, seed, progress,
+                 tied=False, intermediate_sizes=None, head_fit="gamma", mlp_select="obs", normalize_tokens=False,
+                 share_basis=1, kws=None):
         self.model = model
         self.adapter = adapter
         self.batches = batches
@@ -103,27 +108,113 @@ class _Slicer:
         self.evr: list[float] = []
         self.eigvals: list[list[float]] = []
         self.masks = [None if b.attention_mask is None else b.attention_mask.to(device) for b in batches]
+        # Tied embeddings: the first and the last position share one basis (q_shared).
+        self.tied = tied
+        self.q_shared: torch.Tensor | None = None
+        self.last_cov: torch.Tensor | None = None  # C_L of the model as sliced (for two-pass)
+        self.last_norm_cov: torch.Tensor | None = None  # second moment of the final NORMED stream
+        self.inter = intermediate_sizes
+        self.head_fit = head_fit
+        self.mlp_select = mlp_select
+        self.mlp_kept: list[float] = []  # share of each MLP's output energy the pruned MLP keeps
+        self.normalize_tokens = normalize_tokens
+        # Runs of share_basis consecutive positions share one basis (identity shortcuts inside a run).
+        self.share = int(share_basis)
+        self.kws = kws
 
     # -- rotations -------------------------------------------------------------------------
-    def basis(self, signals: list[torch.Tensor], position: int, what: str) -> torch.Tensor:
-        """Q for one residual position from its full-width signals (list of [B, T, d])."""
+    def moment(self, signals: list[torch.Tensor], position: int, what: str) -> torch.Tensor:
+        """float64 [d, d] second moment of full-width signals (list of [B, T, d]), padding excluded."""
         with self.clock("covariance"):
             cov = torch.zeros(self.d, self.d, dtype=torch.float64, device=self.device)
             for x, m in zip(signals, self.masks):
+                if self.normalize_tokens:
+                    x = unit_rms(x)
                 covariance(x, m, cov, backend=self.backend)
         if not bool(torch.isfinite(cov).all()):
             raise NonFiniteActivationsError(
                 f"NaN/Inf activations at residual position {position} ({what}); the model produces non-finite "
                 f"values on the calibration data (check its dtype: fp16 overflow is the usual cause)"
             )
+        return cov
+
+    def basis(self, signals: list[torch.Tensor], position: int, what: str, partners=None) -> torch.Tensor:
+        """Q for one residual position from its full-width signals (list of [B, T, d]).
+
+        ``partners``: second moments of other positions that must share this basis (the last
+        position, for tied embeddings; the rest of its run, for ``share_basis`` > 1); Q is then
+        the eigenbasis of the trace-normalised sum C/tr(C) + sum_j C_j/tr(C_j).
+        """
+        cov = self.moment(signals, position, what)
+        partners = [c for c in (partners or []) if c is not None]
+        if self.share > 1 and self.rotation == "pca":
+            partners += self.lookahead(position, signals)
         with self.clock("eigh"):
-            q, eig = pca_basis(cov, self.damp)
+            if not partners:
+                q, eig = pca_basis(cov, self.damp)
+            else:
+                from .budget import combined_moment
+
+                q, _ = pca_basis(combined_moment([cov] + [c.to(cov.device) for c in partners]), self.damp)
+                eig = _energies(cov, q)
         self.evr.append(explained_variance(eig, self.dims[position]))
         self.eigvals.append(eig.cpu().tolist())
         if self.rotation == "random":
             q = random_orthogonal(self.d, self.generator, device=self.device)
         elif self.rotation == "identity":
             q = torch.eye(self.d, dtype=torch.float64, device=self.device)
+        return q
+
+    def lookahead(self, position: int, signals: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Second moments of the rest of ``position``'s shared run, predicted with ORIGINAL blocks.
+
+        The full-width signals at the run's first position (everything before it already sliced)
+        go through the unsliced blocks of the run; what comes out is what each later position
+        would hold before its own truncation -- what the shared basis must also fit.
+        """
+        from .structure import shared_connection
+
+        n_pos = len(self.dims)
+        covs, xs, c = [], signals, position
+        while shared_connection(c, n_pos, self.share):
+            with self.clock("forward"):
+                xs = [self.original_step(c, x, kw) for x, kw in zip(xs, self.kws)]
+            covs.append(self.moment(xs, c + 1, f"position {c + 1} (look-ahead)"))
+            c += 1
+        return covs
+
+    def original_step(self, c: int, x: torch.Tensor, kw: dict) -> torch.Tensor:
+        """The unsliced model's computation from residual position c to c + 1 (centred for LayerNorm)."""
+        a = self.adapter
+        layer = a.layers(self.model)[c // 2 if a.layout == "sequential" else c]
+        if next(layer.parameters()).device != self.device:
+            import copy
+
+            layer = copy.deepcopy(layer).to(self.device)
+        attn, attn_norm, mlp, mlp_norm = layer_parts(a, layer)
+        if a.layout == "sequential" and c % 2 == 0:
+            out = attn(hidden_states=attn_norm(x), **kw)
+            delta = out[0] if isinstance(out, tuple) else out
+        elif a.layout == "sequential":
+            normed = mlp_norm(x)
+            if a.mlp_name:
+                delta = mlp(normed)
+            else:  # OPT: the MLP linears sit on the layer
+                delta = getattr(layer, a.mlp_writer)(layer.activation_fn(getattr(layer, a.mlp_readers[0])(normed)))
+        else:
+            out = layer(x, **kw)
+            delta = (out[0] if isinstance(out, tuple) else out) - x
+        delta = delta.to(self.work_dtype)
+        if self.centre:
+            delta = delta - delta.mean(dim=-1, keepdim=True)
+        return (x.to(self.work_dtype) + delta).to(self.dtype)
+
+    def shared_basis(self, signals, position: int, what: str, q: torch.Tensor) -> torch.Tensor:
+        """Record how much of ``position``'s second moment the run's basis q keeps; return q."""
+        cov = self.moment(signals, position, what)
+        e = _energies(cov, q)
+        self.evr.append(explained_variance(e, self.dims[position]))
+        self.eigvals.append(e.cpu().tolist())
         return q
 
     # -- weights -----------------------------------------------------------------------------
@@ -152,11 +243,15 @@ class _Slicer:
             qk = qk - qk.mean(dim=0, keepdim=True)
         return qk
 
-    def writer(self, linear: nn.Module, q: torch.Tensor, k: int):
-        """(Q^T M W)[:k, :] and (Q^T M b)[:k] for a module writing into the residual stream."""
+    def writer(self, linear: nn.Module, q: torch.Tensor, k: int, weight: torch.Tensor | None = None):
+        """(Q^T M W)[:k, :] and (Q^T M b)[:k] for a module writing into the residual stream.
+
+        ``weight`` replaces the module's weight (a refitted, neuron-pruned MLP writer, [d, m']).
+        """
         qk = self.writer_basis(q, k)
+        w = self._w(linear.weight) if weight is None else weight.to(self.device)
         with self.clock("rotate_slice"):
-            new_w = rotate_slice(self._w(linear.weight), qk, k, dim=0, out_dtype=self.dtype, backend=self.backend)
+            new_w = rotate_slice(w, qk, k, dim=0, out_dtype=self.dtype, backend=self.backend)
         bias = None
         if linear.bias is not None:
             bias = (qk.T @ self._w(linear.bias).to(torch.float64)).to(self.dtype)
@@ -173,13 +268,91 @@ class _Slicer:
     def to_sliced(self, x_full: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
         return (x_full.to(self.work_dtype) @ q[:, :k].to(self.work_dtype)).to(self.dtype)
 
-    def written(self, h: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    def written(self, h: torch.Tensor, linear: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
         """A writer's contribution in the original (unrotated) basis, centred for LayerNorm models."""
-        w = self._w(linear.weight)
+        w = self._w(linear.weight) if weight is None else weight.to(self.device, h.dtype)
         out = nn.functional.linear(h, w, None if linear.bias is None else self._w(linear.bias)).to(self.work_dtype)
         if self.centre:
             out = out - out.mean(dim=-1, keepdim=True)
         return out
+
+    # -- MLP neurons ---------------------------------------------------------------------------
+    def prune_mlp(self, i: int, readers: list[nn.Module], writer: nn.Module, hs: list[torch.Tensor]):
+        """Keep ``self.inter[i]`` neurons of layer i's MLP; return (kept indices, refitted writer [d, m']).
+
+        ``readers`` are the NEW (already rotated) reader modules, cut to the kept rows in place;
+        ``hs`` the intermediate activations [B, T, m] on the calibration batches.
+        """
+        from .budget import gram_accumulate
+        from .mlp_prune import prune_error, refit_writer, select_neurons
+
+        m = hs[0].shape[-1]
+        keep_n = m if self.inter is None else int(self.inter[i])
+        if keep_n >= m:
+            return None, None
+        with self.clock("mlp_prune"):
+            gram = torch.zeros(m, m, dtype=torch.float64, device=self.device)
+            for h, mask in zip(hs, self.masks):
+                gram_accumulate(h, mask, gram)
+            w = self._w(writer.weight)
+            keep = select_neurons(gram, w, keep_n, method=self.mlp_select, damp=self.damp)
+            w_fit = refit_writer(gram, w, keep, self.damp)
+            energy = float(((w.to(torch.float64) @ gram) * w.to(torch.float64)).sum())
+            self.mlp_kept.append(1.0 - prune_error(gram, w, keep, w_fit) / max(energy, 1e-300))
+            for lin in readers:
+                b = None if lin.bias is None else lin.bias.detach()[keep].clone()
+                _assign_linear(lin, lin.weight.detach()[keep].clone(), b)
+        return keep, w_fit
+
+    # -- tied head -----------------------------------------------------------------------------
+    def tied_head(self, head: nn.Module, final_norm: nn.Module, emb_weight: torch.Tensor, q: torch.Tensor, k: int):
+        """Tensors of a TiedHead: mix [k, k] (nn.Linear layout), bias [V] | None, mean_in [k], mean_out [V].
+
+        logits = n Q_k^T diag(gamma) E^T (+ E beta) in the sliced basis, with E' = E (M) Q_k the
+        tied tensor: mix = (Q_k^T diag(gamma) Q_k)^T ("gamma") or, with ``head_fit="lstsq"``, the
+        least-squares mix that best reproduces the head's logits from the kept coordinates of the
+        final normed stream (weighted by E^T E); both are exact at k = d.
+        """
+        gamma, beta, _ = norm_params(final_norm)
+        qk = q[:, :k]
+        g = torch.ones(self.d, dtype=torch.float64, device=self.device)
+        if gamma is not None:
+            g = gamma.detach().to(self.device, torch.float64)
+        e = self._w(emb_weight).to(torch.float64)  # original embedding [V, d]
+        mix = qk.T @ (g.unsqueeze(1) * qk)  # y = n_k @ mix
+        if self.head_fit == "lstsq" and k < self.d and not self.centre and self.last_norm_cov is not None:
+            c = _damped(self.last_norm_cov.to(self.device), self.damp)
+            wgt = _damped(e.T @ e, self.damp)
+            left = torch.linalg.solve(qk.T @ c @ qk, qk.T @ c)  # [k, d]
+            right = torch.linalg.solve(qk.T @ wgt @ qk, qk.T @ wgt)  # [k, d]; right^T is [d, k]
+            mix = left @ (g.unsqueeze(1) * right.T)
+        bias = None
+        hb = getattr(head, "bias", None)
+        if hb is not None:
+            bias = self._w(hb).to(torch.float64)
+        if self.centre and beta is not None:
+            eb = e @ beta.detach().to(self.device, torch.float64)
+            bias = eb if bias is None else bias + eb
+        mean_in = mean_out = None
+        if self.centre:
+            mean_in = (qk.T @ g / self.d).to(self.dtype)
+            mean_out = e.sum(dim=1).to(self.dtype)
+        return mix.T.contiguous().to(self.dtype), None if bias is None else bias.to(self.dtype), mean_in, mean_out
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Every token scaled to unit RMS (what the next norm sees), so each counts once in the PCA."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-30)
+
+
+def _damped(c: torch.Tensor, damp: float) -> torch.Tensor:
+    return c + damp * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+
+
+def _energies(cov: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Second moment along each column of q: diag(Q^T C Q) (the eigenvalues when q is C's own basis)."""
+    return ((cov @ q) * q).sum(0).clamp_min(0)
 
 
 def _assign_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -191,11 +364,13 @@ def _assign_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor |
         raise AssertionError("skeleton expects a bias the slicer did not produce")
 
 
-def _validate(model: nn.Module, sparsity: float, round_to: int, rotation: str) -> Adapter:
+def _validate(model: nn.Module, sparsity, round_to: int, rotation: str) -> Adapter:
     if getattr(getattr(model, "config", None), "slicekit", None):
         raise ValueError("this model is already sliced (config.slicekit is set); slice the original model instead")
     adapter = get_adapter(model)
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not (0.0 <= float(sparsity) < 1.0):
+    if sparsity is not None and (
+        not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not (0.0 <= float(sparsity) < 1.0)
+    ):
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
@@ -212,15 +387,130 @@ def _validate(model: nn.Module, sparsity: float, round_to: int, rotation: str) -
     return adapter
 
 
+def is_tied(model: nn.Module, adapter: Adapter) -> bool:
+    """Whether the model's head and token embedding are one tensor."""
+    emb = adapter.embeddings(model)[0].weight
+    head = adapter.lm_head(model).weight
+    return head is emb or (head.data_ptr() == emb.data_ptr() and head.shape == emb.shape)
+
+
+def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, intermediate_sizes, target_params,
+                     budget, tied_basis, head_fit, mlp_select):
+    tied_now = is_tied(model, adapter)
+    if tie_embeddings is None:
+        # Keep a tied model tied -- unless the caller asked for a full-width head, which only an
+        # untied head can have (the embedding is sliced).
+        tied = tied_now and slice_head is not False
+    elif tie_embeddings and not tied_now:
+        raise ValueError("tie_embeddings=True but the model's head and embedding are different tensors; "
+                         "only a tied model can stay tied")
+    else:
+        tied = bool(tie_embeddings)
+    if tied and slice_head is False:
+        raise ValueError("a tied head is sliced with the embedding (one tensor); pass tie_embeddings=False to keep "
+                         "the head at full width")
+    # The head's input width follows the last position: slicing it always lowers the count.
+    slice_head = True if slice_head is None else bool(slice_head)
+    if budget not in ("uniform", "evr", "sensitivity"):
+        raise ValueError(f"budget must be 'uniform', 'evr' or 'sensitivity', got {budget!r}")
+    if tied_basis not in TIED_BASES:
+        raise ValueError(f"tied_basis must be one of {TIED_BASES}, got {tied_basis!r}")
+    if head_fit not in HEAD_FITS:
+        raise ValueError(f"head_fit must be one of {HEAD_FITS}, got {head_fit!r}")
+    if mlp_select not in MLP_SELECTIONS:
+        raise ValueError(f"mlp_select must be one of {MLP_SELECTIONS}, got {mlp_select!r}")
+    if target_params is not None and (not isinstance(target_params, int) or isinstance(target_params, bool)
+                                      or target_params < 1):
+        raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
+    if mlp_sparsity == "auto":
+        if target_params is None or budget == "uniform":
+            raise ValueError("mlp_sparsity='auto' lets the width budget choose MLP widths: it needs target_params "
+                             "and budget='evr' or 'sensitivity'")
+    elif (not isinstance(mlp_sparsity, (int, float)) or isinstance(mlp_sparsity, bool)
+          or not 0.0 <= float(mlp_sparsity) < 1.0):
+        raise ValueError(f"mlp_sparsity must be a number in [0, 1) or 'auto', got {mlp_sparsity!r}")
+    if intermediate_sizes is not None and mlp_sparsity not in (0, 0.0):
+        raise ValueError("give either intermediate_sizes or mlp_sparsity, not both")
+    return tied, slice_head
+
+
+def _plan(model, adapter, d, n_pos, *, sparsity, dims, round_to, slice_head, tied, target_params, budget,
+          mlp_sparsity, intermediate_sizes, stats, sensitivity, damp, share_basis=1):
+    """Residual widths and MLP widths from the options (see ``slice_model``)."""
+    from .budget import ParamModel, allocate, mlp_groups, residual_groups
+
+    full_inter = [getattr(layer_parts(adapter, layer)[2], adapter.mlp_writer).in_features
+                  for layer in adapter.layers(model)]
+    inter = None
+    if intermediate_sizes is not None:
+        inter = [int(m) for m in intermediate_sizes]
+        if len(inter) != len(full_inter) or not all(1 <= m <= f for m, f in zip(inter, full_inter)):
+            raise ValueError(
+                f"intermediate_sizes must list {len(full_inter)} sizes in [1, intermediate size], got {inter}"
+            )
+    elif mlp_sparsity not in ("auto", 0, 0.0):
+        inter = [sliced_width(f, float(mlp_sparsity), round_to) for f in full_inter]
+    if inter is not None and inter == full_inter:
+        inter = None
+    pm = ParamModel(model, adapter, tied, share_basis)
+
+    if dims is not None:
+        dims = [int(k) for k in dims]
+        if len(dims) != n_pos or not all(1 <= k <= d for k in dims):
+            raise ValueError(f"dims must list {n_pos} widths in [1, {d}], got {dims}")
+        if tied and dims[0] != dims[-1]:
+            raise ValueError(f"tied embeddings share one tensor: dims[0] ({dims[0]}) must equal dims[-1] ({dims[-1]})")
+        return dims, inter, pm
+    if target_params is None:
+        if sparsity is None:
+            raise ValueError("give sparsity, dims or target_params")
+        dims = uniform_dims(adapter, len(adapter.layers(model)), d, float(sparsity), round_to, slice_head or tied)
+        return dims, inter, pm
+
+    if budget == "uniform":
+        # The widest uniform width (multiple of round_to) that meets the target.
+        for k in range(d - d % round_to if d % round_to else d, 0, -round_to):
+            cand = [k] * n_pos
+            if not (slice_head or tied):
+                cand[-1] = d
+            if pm.count(cand, inter) <= target_params:
+                return cand, inter, pm
+        raise ValueError(f"cannot reach {target_params:,} parameters with uniform widths")
+    weights = floors = None
+    if budget == "sensitivity":
+        weights = {k: v["weight"] for k, v in sensitivity["groups"].items()}
+        floors = {k: v["width"] for k, v in sensitivity["groups"].items()}
+    groups = residual_groups(stats, n_pos, d, round_to, tied, slice_head or tied, weights=weights, damp=damp,
+                             share_basis=share_basis, min_width=floors)
+    if mlp_sparsity == "auto":
+        groups += mlp_groups(stats, model, adapter, round_to, weights=weights, damp=damp, min_width=floors)
+    dims, auto_inter = allocate(pm, groups, target_params, n_pos, d)
+    if auto_inter is not None:
+        inter = None if auto_inter == full_inter else auto_inter
+    return dims, inter, pm
+
+
 @torch.no_grad()
 def slice_model(
     model: nn.Module,
     calibration,
     *,
-    sparsity: float,
+    sparsity: float | None = None,
     round_to: int = 8,
-    slice_head: bool = False,
+    slice_head: bool | None = None,
     dims: list[int] | None = None,
+    tie_embeddings: bool | None = None,
+    target_params: int | None = None,
+    budget: str = "uniform",
+    mlp_sparsity: float | str = 0.0,
+    intermediate_sizes: list[int] | None = None,
+    tied_basis: str = "dense",
+    head_fit: str = "gamma",
+    mlp_select: str = "obs",
+    normalize_tokens: bool = False,
+    share_basis: int = 1,
+    statistics=None,
+    sensitivity_windows: int = 4,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     backend: str | None = None,
@@ -236,10 +526,40 @@ def slice_model(
             in float16/bfloat16/float32/float64, on the CPU or one GPU. It is not modified.
         calibration: token ids: a LongTensor [n, T], a dict with ``input_ids`` (and optionally
             ``attention_mask`` marking padding with 0), or a list of those.
-        sparsity: fraction of the residual width to remove, in [0, 1).
-        round_to: kept widths are multiples of this (8 minimum for tensor cores; 64/128 faster).
-        slice_head: also slice the final residual position (the head's input).
-        dims: explicit width per residual position (overrides sparsity/round_to/slice_head).
+        sparsity: fraction of the residual width to remove at every position, in [0, 1) (ignored
+            when ``dims`` or ``target_params`` is given).
+        round_to: kept widths (residual and MLP) are multiples of this (8 minimum for tensor cores).
+        slice_head: slice the final residual position (the head's input). None (default): yes --
+            the head's input width then follows the last position, which always lowers the count.
+            A tied head is always sliced with the embedding.
+        dims: explicit width per residual position (overrides sparsity/target_params).
+        tie_embeddings: keep a tied embedding and head as ONE tensor (None: keep tied iff the model
+            is tied and ``slice_head`` is not False). The first and last positions then share one
+            basis, the eigenbasis of C_0/tr(C_0) + C_L/tr(C_L), and the final norm's gamma becomes a
+            k x k matrix in the head.
+            False unties (the embedding gets Q_0, the head its own Q_L: V x d more parameters).
+        target_params: total parameter count to meet (everything counted: embeddings, head,
+            shortcut matrices); the widths are chosen by ``budget``.
+        budget: "uniform" (one width everywhere), "evr" (greedy on discarded eigenvalue mass per
+            parameter saved) or "sensitivity" (the same mass weighted by each position's measured
+            held-out loss sensitivity); see ``slicekit.budget``.
+        mlp_sparsity: fraction of every MLP's neurons to remove (whole neurons, writer refitted by
+            least squares), or "auto": the budget chooses every layer's MLP width.
+        intermediate_sizes: explicit MLP width per layer (instead of mlp_sparsity).
+        tied_basis: where C_L comes from for the shared first/last basis: "dense" (the unsliced
+            model's last position, one extra forward) or "two_pass" (slice once, measure C_L on
+            that sliced model, slice again).
+        head_fit: tied head mixing matrix: "gamma" (Q_k^T diag(gamma) Q_k) or "lstsq".
+        mlp_select: neuron choice: "obs" (greedy Optimal Brain Surgeon) or "energy".
+        normalize_tokens: scale every token to unit RMS before the PCA, so each token counts once
+            (the readers see the normed stream) instead of in proportion to its squared norm.
+        share_basis: runs of this many consecutive residual positions share one basis and one
+            width (2: each layer's input and middle position), so the skip connections inside a run
+            need no k x k matrix. The shared basis fits every position of the run (the later ones
+            predicted by running the original blocks on the sliced prefix's signals).
+        statistics: precomputed ``slicekit.budget.Statistics`` of this model and calibration
+            (reused across calls; computed when needed otherwise).
+        sensitivity_windows: calibration rows held out for ``budget="sensitivity"`` loss measurements.
         batch_size: calibration rows per forward.
         device: where the layer-wise computation runs (default: the model's device). With
             ``device="cuda"`` and a model in CPU memory, one layer at a time visits the GPU.
@@ -250,22 +570,19 @@ def slice_model(
         progress: show a progress bar per layer.
 
     Returns:
-        (sliced, report): ``sliced`` is a new model of the same class (tied embeddings untied,
-        norms parameter-free, ``config.slicekit`` set); ``report`` is a :class:`SliceReport`.
+        (sliced, report): ``sliced`` is a new model of the same class (norms parameter-free,
+        ``config.slicekit`` set); ``report`` is a :class:`SliceReport`.
     """
     t_start = time.perf_counter()
     adapter = _validate(model, sparsity, round_to, rotation)
+    tied, slice_head = _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, intermediate_sizes,
+                                        target_params, budget, tied_basis, head_fit, mlp_select)
+    if not isinstance(share_basis, int) or isinstance(share_basis, bool) or share_basis < 1:
+        raise ValueError(f"share_basis must be a positive integer, got {share_basis!r}")
     cfg = model.config
     d = cfg.hidden_size
     layers = adapter.layers(model)
     n_pos = adapter.num_positions(len(layers))
-    if dims is None:
-        dims = uniform_dims(adapter, len(layers), d, float(sparsity), round_to, slice_head)
-    else:
-        dims = [int(k) for k in dims]
-        if len(dims) != n_pos or not all(1 <= k <= d for k in dims):
-            raise ValueError(f"dims must list {n_pos} widths in [1, {d}], got {dims}")
-        slice_head = dims[-1] < d
     batches = make_batches(calibration, batch_size, cfg.vocab_size)
     n_tokens = sum(b.tokens for b in batches)
     if n_tokens < d:
@@ -281,21 +598,106 @@ def slice_model(
         torch.cuda.reset_peak_memory_stats(device)
     was_training = model.training
     model.eval()
+    clock = _Clock(device)
 
-    meta = dict(sparsity=float(sparsity), round_to=round_to, slice_head=bool(slice_head), rotation=rotation, damp=damp)
+    if target_params is not None and dims is None:
+        from .budget import ParamModel
+
+        full_inter = None if intermediate_sizes is None else list(intermediate_sizes)
+        if ParamModel(model, adapter, tied, share_basis).count([d] * n_pos, full_inter) <= target_params:
+            budget = "uniform"  # nothing to allocate: every width stays full
+    needs_stats = (tied and rotation == "pca") or (target_params is not None and budget != "uniform")
+    stats = statistics
+    if stats is not None and bool(getattr(stats, "normalize_tokens", False)) != bool(normalize_tokens):
+        raise ValueError("the statistics passed in were collected with a different normalize_tokens setting")
+    sensitivity = None
+    try:
+        if needs_stats and (stats is None or (mlp_sparsity == "auto" and stats.mlp_grams is None)):
+            from .budget import collect_statistics
+
+            with clock("statistics"):
+                stats = collect_statistics(model, adapter, batches, mlp=mlp_sparsity == "auto", backend=backend,
+                                           normalize_tokens=normalize_tokens)
+        if target_params is not None and budget == "sensitivity":
+            # Cached on the statistics object: a sweep over sizes measures once.
+            mlp_probe = 0.5 if mlp_sparsity == "auto" else None
+            key = (tied, bool(slice_head or tied), mlp_probe, round_to, sensitivity_windows, damp, share_basis)
+            if stats.sensitivity is None:
+                stats.sensitivity = {}
+            sensitivity = stats.sensitivity.get(key)
+            if sensitivity is None:
+                from .budget import measure_sensitivity
+
+                held = torch.cat([b.input_ids for b in batches])[-sensitivity_windows:]
+                with clock("sensitivity"):
+                    sensitivity = measure_sensitivity(
+                        model, adapter, stats, held, tied=tied, slice_last=slice_head or tied, damp=damp,
+                        mlp_probe=mlp_probe, round_to=round_to, progress=progress, share_basis=share_basis,
+                    )
+                stats.sensitivity[key] = sensitivity
+        dims, inter, pm = _plan(
+            model, adapter, d, n_pos, sparsity=sparsity, dims=dims, round_to=round_to, slice_head=slice_head, tied=tied,
+            target_params=target_params, budget=budget, mlp_sparsity=mlp_sparsity,
+            intermediate_sizes=intermediate_sizes,
+            stats=stats, sensitivity=sensitivity, damp=damp, share_basis=share_basis,
+        )
+        slice_head = dims[-1] < d or tied
+        meta = dict(sparsity=float(sparsity) if sparsity is not None else 1.0 - sum(dims) / (len(dims) * d),
+                    round_to=round_to, slice_head=bool(slice_head), rotation=rotation, damp=damp, tied=tied,
+                    normalize_tokens=normalize_tokens, share_basis=share_basis,
+                    intermediate_sizes=inter, budget=budget if target_params is not None else "uniform")
+        partner = None
+        if tied and rotation == "pca":
+            partner = stats.covariances[-1]
+        passes = 2 if (tied and rotation == "pca" and tied_basis == "two_pass") else 1
+        for _ in range(passes):
+            sliced, s = _run(model, adapter, batches, dims, inter, meta, device, model_device, backend, rotation, damp,
+                             seed, progress, tied, partner, head_fit, mlp_select, normalize_tokens, share_basis)
+            partner = s.last_cov
+    finally:
+        model.train(was_training)
+
+    for stage, sec in clock.totals.items():
+        s.clock.totals[stage] = s.clock.totals.get(stage, 0.0) + sec
+    report = SliceReport.build(
+        model=model, sliced=sliced, adapter=adapter, dims=dims, evr=s.evr, n_tokens=n_tokens,
+        n_sequences=sum(b.input_ids.shape[0] for b in batches), stage_seconds=s.clock.totals,
+        total_seconds=time.perf_counter() - t_start, device=device, meta=meta,
+        backend=backend, eigvals=s.eigvals,
+    )
+    report.extra.update(
+        tied_embeddings=tied, intermediate_sizes=inter, budget=meta["budget"], target_params=target_params,
+        tied_basis=tied_basis if tied else None, head_fit=head_fit if tied else None,
+        mlp_kept_energy=s.mlp_kept or None, params_predicted=pm.count(dims, inter),
+        sensitivity=sensitivity,
+    )
+    return sliced, report
+
+
+def _run(model, adapter, batches, dims, inter, meta, device, model_device, backend, rotation, damp, seed, progress,
+         tied, partner, head_fit, mlp_select, normalize_tokens, share_basis=1):
+    """One layer-wise pass: build the sliced model for fixed widths. Returns (sliced, slicer state)."""
+    d = model.config.hidden_size
+    layers = adapter.layers(model)
     sliced = sliced_skeleton(model, adapter, dims, meta)
-    s = _Slicer(model, adapter, batches, dims, device, backend, rotation, damp, seed, progress)
+    s = _Slicer(model, adapter, batches, dims, device, backend, rotation, damp, seed, progress,
+                tied=tied, intermediate_sizes=inter, head_fit=head_fit, mlp_select=mlp_select,
+                normalize_tokens=normalize_tokens, share_basis=share_basis)
     try:
         with s.clock("forward"):
             xs, kws = capture_first_layer_inputs(model, layers, batches, device)
             if s.centre:
                 xs = [(x.to(s.work_dtype) - x.to(s.work_dtype).mean(-1, keepdim=True)).to(s.dtype) for x in xs]
-        q = s.basis(xs, 0, "embeddings")
+        s.kws = kws
+        q = s.basis(xs, 0, "embeddings", partners=[partner])
+        if tied:
+            s.q_shared = q
         for emb_new, emb in zip(adapter.embeddings(sliced), adapter.embeddings(model)):
             qk = s.writer_basis(q, dims[0])  # embeddings write the stream: centre them like writers
             with s.clock("rotate_slice"):
                 w = rotate_slice(s._w(emb.weight), qk, dims[0], dim=1, out_dtype=s.dtype, backend=backend)
             emb_new.weight = nn.Parameter(w.to(model_device))
+        tie_head(sliced, adapter)
         xs = [s.to_sliced(x, q, dims[0]) for x in xs]
 
         bar = _progress(len(layers), progress, f"slicing {adapter.name} ({d} -> {min(dims)}..{max(dims)})")
@@ -306,16 +708,23 @@ def slice_model(
             bar.update(1)
         bar.close()
 
-        # The head reads the final normed stream: gamma (and beta) fold into it like any reader.
         final_norm = adapter.final_norm(model)
-        w, b = s.reader(adapter.lm_head(model), final_norm, q, dims[-1])
-        _assign_linear(sliced.lm_head, w.to(model_device), None if b is None else b.to(model_device))
+        if tied:
+            mix, bias, mean_in, mean_out = s.tied_head(adapter.lm_head(model), final_norm,
+                                                       adapter.embeddings(model)[0].weight, q, dims[-1])
+            head: TiedHead = sliced.lm_head
+            head.mix = nn.Parameter(mix.to(model_device))
+            for name, t in (("bias", bias), ("mean_in", mean_in), ("mean_out", mean_out)):
+                if t is not None:
+                    setattr(head, name, nn.Parameter(t.to(model_device)))
+        else:
+            # The head reads the final normed stream: gamma (and beta) fold into it like any reader.
+            w, b = s.reader(adapter.lm_head(model), final_norm, q, dims[-1])
+            _assign_linear(sliced.lm_head, w.to(model_device), None if b is None else b.to(model_device))
         del xs
     except BaseException:
         del sliced
         raise
-    finally:
-        model.train(was_training)
 
     # Buffers nobody recomputes (rotary tables, position ids) come from the original model.
     originals = all_buffers(model)
@@ -328,14 +737,7 @@ def slice_model(
     if missing:
         raise RuntimeError(f"internal error: tensors left unset after slicing: {missing[:8]}")
     sliced.eval()
-
-    report = SliceReport.build(
-        model=model, sliced=sliced, adapter=adapter, dims=dims, evr=s.evr, n_tokens=n_tokens,
-        n_sequences=sum(b.input_ids.shape[0] for b in batches), stage_seconds=s.clock.totals,
-        total_seconds=time.perf_counter() - t_start, device=device, meta=meta,
-        backend=backend, eigvals=s.eigvals,
-    )
-    return sliced, report
+    return sliced, s
 
 
 def _slice_layer(s: _Slicer, i: int, layer: nn.Module, new: SlicedDecoderLayer, xs, kws, q_in):
@@ -357,21 +759,27 @@ def _slice_layer(s: _Slicer, i: int, layer: nn.Module, new: SlicedDecoderLayer, 
         for name, target in zip(a.mlp_readers, mlp_new_readers):
             w, b = s.reader(getattr(mlp, name), attn_norm, q_in, k_in)
             _assign_linear(target, w, b)
+        with s.clock("forward"):
+            normed = [new.attn_norm(x) for x in xs]
+            inters = [new.mlp(n) for n in normed]
+        keep, w_fit = s.prune_mlp(i, mlp_new_readers, mlp_writer, inters)
+        if keep is not None:
+            inters = [h[..., keep] for h in inters]
         full = []
         with s.clock("forward"):
-            for x, kw in zip(xs, kws):
-                normed = new.attn_norm(x)
-                heads = new.self_attn(hidden_states=normed, **kw)[0]
-                inter = new.mlp(normed)
-                full.append(
-                    (s.to_full(x, q_in, k_in) + s.written(heads, attn_writer) + s.written(inter, mlp_writer)).to(s.dtype)
-                )
+            for x, n, h, kw in zip(xs, normed, inters, kws):
+                heads = new.self_attn(hidden_states=n, **kw)[0]
+                y = s.to_full(x, q_in, k_in) + s.written(heads, attn_writer) + s.written(h, mlp_writer, w_fit)
+                full.append(y.to(s.dtype))
+        del normed, inters
         pos_out = i + 1
-        q_out = _next_basis(s, full, pos_out, f"output of layer {i}")
-        for lin_new, lin in ((new.attn_out, attn_writer), (new.mlp_out, mlp_writer)):
-            w, b = s.writer(lin, q_out, k_out)
-            _assign_linear(lin_new, w, b)
-        new.attn_shortcut = nn.Parameter(s.shortcut(q_in, k_in, q_out, k_out))
+        q_out, shared = _position_basis(s, full, pos_out, f"output of layer {i}", q_in)
+        w, b = s.writer(attn_writer, q_out, k_out)
+        _assign_linear(new.attn_out, w, b)
+        w, b = s.writer(mlp_writer, q_out, k_out, weight=w_fit)
+        _assign_linear(new.mlp_out, w, b)
+        if not shared:
+            new.attn_shortcut = nn.Parameter(s.shortcut(q_in, k_in, q_out, k_out))
         return [s.to_sliced(f, q_out, k_out) for f in full], q_out
 
     # Sequential: attention block, then the MLP block, each with its own residual position.
@@ -380,25 +788,32 @@ def _slice_layer(s: _Slicer, i: int, layer: nn.Module, new: SlicedDecoderLayer, 
         for x, kw in zip(xs, kws):
             heads = new.attention(x, **kw)
             mids.append((s.to_full(x, q_in, k_in) + s.written(heads, attn_writer)).to(s.dtype))
-    q_mid = _next_basis(s, mids, 2 * i + 1, f"layer {i} after attention")
+    q_mid, shared = _position_basis(s, mids, 2 * i + 1, f"layer {i} after attention", q_in)
     w, b = s.writer(attn_writer, q_mid, k_mid)
     _assign_linear(new.attn_out, w, b)
-    new.attn_shortcut = nn.Parameter(s.shortcut(q_in, k_in, q_mid, k_mid))
+    if not shared:
+        new.attn_shortcut = nn.Parameter(s.shortcut(q_in, k_in, q_mid, k_mid))
     mids = [s.to_sliced(m, q_mid, k_mid) for m in mids]
 
     for name, target in zip(a.mlp_readers, mlp_new_readers):
         w, b = s.reader(getattr(mlp, name), mlp_norm, q_mid, k_mid)
         _assign_linear(target, w, b)
+    with s.clock("forward"):
+        inters = [new.mlp(new.mlp_norm(x)) for x in mids]
+    keep, w_fit = s.prune_mlp(i, mlp_new_readers, mlp_writer, inters)
+    if keep is not None:
+        inters = [h[..., keep] for h in inters]
     outs = []
     with s.clock("forward"):
-        for x in mids:
-            inter = new.mlp(new.mlp_norm(x))
-            outs.append((s.to_full(x, q_mid, k_mid) + s.written(inter, mlp_writer)).to(s.dtype))
+        for x, h in zip(mids, inters):
+            outs.append((s.to_full(x, q_mid, k_mid) + s.written(h, mlp_writer, w_fit)).to(s.dtype))
+    del inters
     pos_out = 2 * i + 2
-    q_out = _next_basis(s, outs, pos_out, f"output of layer {i}")
-    w, b = s.writer(mlp_writer, q_out, k_out)
+    q_out, shared = _position_basis(s, outs, pos_out, f"output of layer {i}", q_mid)
+    w, b = s.writer(mlp_writer, q_out, k_out, weight=w_fit)
     _assign_linear(new.mlp_out, w, b)
-    new.mlp_shortcut = nn.Parameter(s.shortcut(q_mid, k_mid, q_out, k_out))
+    if not shared:
+        new.mlp_shortcut = nn.Parameter(s.shortcut(q_mid, k_mid, q_out, k_out))
     return [s.to_sliced(o, q_out, k_out) for o in outs], q_out
 
 
@@ -407,13 +822,38 @@ def _move_real(module: nn.Module, device: torch.device) -> None:
     module._apply(lambda t: t if t.is_meta else t.to(device))
 
 
+def _position_basis(s: _Slicer, signals, position: int, what: str, q_prev: torch.Tensor):
+    """(basis, shared): the run's basis when ``position`` continues a shared run, else a new one."""
+    from .structure import shared_connection
+
+    if shared_connection(position - 1, len(s.dims), s.share):
+        return s.shared_basis(signals, position, what, q_prev), True
+    return _next_basis(s, signals, position, what), False
+
+
 def _next_basis(s: _Slicer, signals, position: int, what: str) -> torch.Tensor:
     last = position == len(s.dims) - 1
+    if last and s.tied:
+        # The head reads the embedding tensor: the last position must use the first position's basis.
+        # Its own second moment is still measured: for the report, a second pass, and the head fit.
+        cov = s.moment(signals, position, what)
+        s.last_cov = cov
+        e = _energies(cov, s.q_shared)
+        s.evr.append(explained_variance(e, s.dims[position]))
+        s.eigvals.append(e.cpu().tolist())
+        if s.head_fit == "lstsq":
+            s.last_norm_cov = s.moment([_rms_normed(x, s.d) for x in signals], position, what)
+        return s.q_shared
     if last and s.dims[-1] == s.d and s.rotation == "pca":
         # Unsliced head: keep the original basis (Q_L = I) -- exact, and the head is left as is.
         s.basis(signals, position, what)  # still measured, for the report
         return torch.eye(s.d, dtype=torch.float64, device=s.device)
     return s.basis(signals, position, what)
+
+
+def _rms_normed(x: torch.Tensor, d: int) -> torch.Tensor:
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    return xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / d + 1e-12)
 
 
 class _NullBar:
