@@ -350,7 +350,7 @@ def mlp_groups(stats: Statistics, model: nn.Module, adapter: Adapter, round_to: 
         m = gram.shape[0]
         n_steps = m // round_to
         n_remove = min(m - round_to, int(max_prune * m) // round_to * round_to)
-        _, err = obs_order(gram, w, n_remove, damp=damp, block=block or max(1, round_to // 2))
+        _, err = obs_order(gram, w, n_remove, damp=damp, block=block or 32)
         out_pos = 2 * i + 2 if sequential else i + 1
         c_out = stats.covariances[out_pos]
         if adapter.norm == "layernorm":
@@ -505,7 +505,7 @@ def measure_sensitivity(model: nn.Module, adapter: Adapter, stats: Statistics, w
                 gram = stats.mlp_grams[i]
                 m = gram.shape[0]
                 keep_n = max(round_to, int(mlp_probe * m) // round_to * round_to)
-                keep = select_neurons(gram, writer.weight, keep_n, damp=damp, block=max(1, round_to // 2))
+                keep = select_neurons(gram, writer.weight, keep_n, damp=damp, block=32)
                 w_fit = refit_writer(gram, writer.weight, keep, damp).to(writer.weight.dtype).to(device)
                 keep_d = keep.to(device)
 

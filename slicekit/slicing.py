@@ -295,7 +295,9 @@ class _Slicer:
             for h, mask in zip(hs, self.masks):
                 gram_accumulate(h, mask, gram)
             w = self._w(writer.weight)
-            keep = select_neurons(gram, w, keep_n, method=self.mlp_select, damp=self.damp)
+            # Blocks of 32 removals per OBS update: same error as one at a time (measured on SmolLM2:
+            # equal to 4 digits) at a tenth of the time.
+            keep = select_neurons(gram, w, keep_n, method=self.mlp_select, damp=self.damp, block=32)
             w_fit = refit_writer(gram, w, keep, self.damp)
             energy = float(((w.to(torch.float64) @ gram) * w.to(torch.float64)).sum())
             self.mlp_kept.append(1.0 - prune_error(gram, w, keep, w_fit) / max(energy, 1e-300))
