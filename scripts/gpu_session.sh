@@ -5,6 +5,8 @@
 #   tests                    every GPU-relevant test file
 #   NAME[:ARGS]              python benchmarks/NAME.py ARGS (ARGS comma-separated), e.g. sliced_gemm:--quick
 #   ext[:ARGS]               python csrc/bench_ext.py ARGS
+#   wheel                    pip wheel --no-build-isolation --no-deps . and list what the wheel holds
+#   diag                     how a failing TORCH_CHECK in slicekit._C surfaces (scripts/diag_cxx_errors.py)
 # Writes logs to $OUT/gpu_logs (or /tmp/gpu_logs) and packs benchmarks/results + logs into $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +42,18 @@ for stage in "$@"; do
       timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -ra -p no:cacheprovider ${TEST_FILES:-tests/test_covariance.py tests/test_rotate_slice.py} \
         ${TEST_FILES2-tests/test_shortcut_linear.py tests/test_cuda_ext.py tests/test_gpu_pipeline.py} $args > "$LOG/pytest_gpu.txt" 2>&1
       echo "tests rc=$?"; grep -E "passed|failed|FAILED|ERROR" "$LOG/pytest_gpu.txt" | head -30
+      ;;
+    wheel)
+      stamp wheel
+      rm -rf /tmp/sk_dist; MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"} SLICEKIT_FORCE_CUDA=1 \
+        timeout 400 python3 -m pip wheel --no-build-isolation --no-deps . -w /tmp/sk_dist > "$LOG/wheel.log" 2>&1
+      echo "wheel rc=$?"; ls -la /tmp/sk_dist | tee "$LOG/wheel_files.txt"
+      python3 -m zipfile -l /tmp/sk_dist/*.whl | tee -a "$LOG/wheel_files.txt" | grep -E "_C|\.so|kernels/" | head -20
+      ;;
+    diag)
+      stamp diag
+      timeout 300 python3 scripts/diag_cxx_errors.py > "$LOG/diag_cxx_errors.jsonl" 2>&1; echo "rc=$?"
+      cut -c1-600 "$LOG/diag_cxx_errors.jsonl"
       ;;
     ext)
       stamp "bench_ext $args"

@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from .ops.shortcut_linear import shortcut_linear
+from .ops.shortcut_linear import shortcut_linear, shortcut_linear_traceable
 
 
 class SlicedRMSNorm(nn.Module):
@@ -166,6 +166,8 @@ class SlicedDecoderLayer(nn.Module):
         if shortcut is None:
             return x + nn.functional.linear(h, linear.weight, linear.bias)
         backend = self.shortcut_backend or _default_shortcut_backend(x)
+        if torch.compiler.is_compiling():
+            return shortcut_linear_traceable(x, shortcut, h, linear.weight, linear.bias, backend)
         return shortcut_linear(x, shortcut, h, linear.weight, linear.bias, backend=backend)
 
     def attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

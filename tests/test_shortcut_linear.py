@@ -177,3 +177,40 @@ def test_no_tokens(device, backend):
 def test_llama_sizes(device, backend, dtype, M, n):
     x, s, h, w, b = operands((M,), 3072, n, 3072, dtype, device, bias=False)
     check(shortcut_linear(x, s, h, w, b, backend=backend), x, s, h, w, b, f"M={M} n={n} {dtype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Split-K (decode-sized steps): partials in fp32, the tile's last split sums and rounds once
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def forced_split(request):
+    from slicekit.kernels import shortcut_linear as mod
+
+    mod._force_config = mod.TEST_SPLIT_CONFIGS[request.param]
+    yield mod._force_config
+    mod._force_config = None
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=TRITON_IDS)
+@pytest.mark.parametrize("forced_split", [0, 1, 2], indirect=True, ids=["split2", "split3", "split8"])
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("M,k_in,n,k_out", [(1, 40, 72, 24), (5, 64, 100, 33), (16, 24, 200, 48), (3, 8, 8, 16)])
+def test_split_k_matches_float64(device, backend, forced_split, dtype, bias, M, k_in, n, k_out):
+    from slicekit.kernels.shortcut_linear import _counters, shortcut_linear_triton
+
+    x, s, h, w, b = operands((M,), k_in, n, k_out, dtype, device, bias, seed=5)
+    for rep in range(2):  # the second call proves the tile counters were re-armed
+        y = shortcut_linear_triton(x, s, h, w, b)
+        check(y, x, s, h, w, b, f"split-K {forced_split.kwargs} {dtype} M={M} rep={rep}")
+    assert int(_counters[y.device].abs().sum()) == 0, "split-K left a tile counter armed"
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=TRITON_IDS)
+@pytest.mark.parametrize("forced_split", [0], indirect=True, ids=["split2"])
+def test_split_k_refused_for_large_m(device, backend, forced_split):
+    from slicekit.kernels.shortcut_linear import shortcut_linear_triton
+
+    x, s, h, w, b = operands((17,), 16, 16, 16, torch.float16, device, True)
+    with pytest.raises(ValueError, match="split-K"):
+        shortcut_linear_triton(x, s, h, w, b)

@@ -30,6 +30,35 @@ def _cuda_impl(x, shortcut, h, weight, bias):
 _OP = Op("shortcut_linear", {"torch": shortcut_linear_ref, "triton": _triton_impl, "cuda": _cuda_impl})
 
 
+# Dynamo cannot trace a Triton launcher that autotunes and reads triton's own C settings (it fails
+# with "Can't construct an AttrSource ..." or a graph break on triton._C), so inside torch.compile
+# the kernel goes in as an opaque custom op with a shape-only fake; eager calls skip the custom-op
+# dispatch, which would add microseconds to every decode step.
+@torch.library.custom_op("slicekit::shortcut_linear_triton", mutates_args=())
+def _triton_custom_op(
+    x: torch.Tensor, shortcut: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return _triton_impl(x, shortcut, h, weight, bias)
+
+
+@_triton_custom_op.register_fake
+def _(x, shortcut, h, weight, bias):
+    return x.new_empty((*x.shape[:-1], shortcut.shape[1]))
+
+
+def shortcut_linear_traceable(x, shortcut, h, weight, bias, backend: str) -> torch.Tensor:
+    """``shortcut_linear`` for use inside torch.compile: no dispatcher logic to trace.
+
+    ``backend`` must already be resolved ("cuda", "triton" or "torch"); "torch" leaves the two
+    GEMMs and the add to the compiler, which fuses the add itself.
+    """
+    if backend == "triton":
+        return torch.ops.slicekit.shortcut_linear_triton(x, shortcut, h, weight, bias)
+    if backend == "cuda":
+        return torch.ops.slicekit.shortcut_linear(x, shortcut, h, weight, bias)
+    return shortcut_linear_ref(x, shortcut, h, weight, bias)
+
+
 def shortcut_linear(
     x: torch.Tensor,
     shortcut: torch.Tensor,
