@@ -277,7 +277,7 @@ def shortcut_linear_triton(
     # Split-K only for decode-sized steps (M <= 16), where a workspace of _MAX_SPLIT partial tiles
     # is a few hundred KB at most.
     counters = _tile_counters(y.device, triton.cdiv(M, 16) * triton.cdiv(k_out, 16)) if M <= 16 else None
-    can_split = counters is not None
+    can_split = counters is not None and os.environ.get("SLICEKIT_SHORTCUT_SPLITK", "1") != "0"
     ws = torch.empty((_MAX_SPLIT, M, k_out), dtype=torch.float32, device=y.device) if can_split else y
     cnt = counters if can_split else y
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(k_out, meta["BLOCK_N"]),  # noqa: E731

@@ -42,6 +42,9 @@ for stage in "$@"; do
       timeout ${TEST_TIMEOUT:-240} python3 -m pytest -v -ra -p no:cacheprovider ${TEST_FILES:-tests/test_covariance.py tests/test_rotate_slice.py} \
         ${TEST_FILES2-tests/test_shortcut_linear.py tests/test_cuda_ext.py tests/test_gpu_pipeline.py} $args > "$LOG/pytest_gpu.txt" 2>&1
       echo "tests rc=$?"; grep -E "passed|failed|FAILED|ERROR" "$LOG/pytest_gpu.txt" | head -30
+      if grep -q "FAILED.*split_k" "$LOG/pytest_gpu.txt"; then
+        export SLICEKIT_SHORTCUT_SPLITK=0; echo "split-K shortcut configs FAILED: disabled for the stages that follow"
+      fi
       ;;
     wheel)
       stamp wheel
