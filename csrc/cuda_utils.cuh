@@ -14,11 +14,13 @@
 #include <c10/util/Half.h>
 #include <cublas_v2.h>
 
+#include "slicekit.h"
+
 // Like ATen's TORCH_CUDABLAS_CHECK (whose header drags in ATen/Context.h), naming the failed call.
 #define SLICEKIT_CUBLAS_CHECK(EXPR)                                                                 \
   do {                                                                                              \
     const cublasStatus_t _status = (EXPR);                                                          \
-    TORCH_CHECK(_status == CUBLAS_STATUS_SUCCESS, "slicekit: cuBLAS call failed with ",             \
+    SLICEKIT_CHECK(_status == CUBLAS_STATUS_SUCCESS, "slicekit: cuBLAS call failed with ",             \
                 cublasGetStatusString(_status), " (", static_cast<int>(_status), "): ", #EXPR);     \
   } while (0)
 

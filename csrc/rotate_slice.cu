@@ -129,7 +129,7 @@ void round_to_output(const float* acc, const RotateSliceParams& p, cudaStream_t 
   if (p.out_dtype == c10::ScalarType::Half) {
     round_out_kernel<c10::Half><<<grid, kThreads, 0, stream>>>(acc, n, static_cast<c10::Half*>(p.out_ptr));
   } else {
-    TORCH_CHECK(p.out_dtype == c10::ScalarType::BFloat16,
+    SLICEKIT_CHECK(p.out_dtype == c10::ScalarType::BFloat16,
                 "slicekit::rotate_slice: internal error: fp32 accumulator path with output dtype ", p.out_dtype);
     round_out_kernel<c10::BFloat16><<<grid, kThreads, 0, stream>>>(acc, n, static_cast<c10::BFloat16*>(p.out_ptr));
   }

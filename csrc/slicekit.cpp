@@ -9,7 +9,6 @@
 
 #include <Python.h>
 
-#include <sstream>
 #include <string>
 
 #include <ATen/MemoryOverlap.h>
@@ -23,7 +22,7 @@
 namespace slicekit {
 namespace {
 
-std::string dtype_name(at::ScalarType t) {
+const char* dtype_name(at::ScalarType t) {
   switch (t) {
     case at::kHalf: return "float16";
     case at::kBFloat16: return "bfloat16";
@@ -35,21 +34,17 @@ std::string dtype_name(at::ScalarType t) {
   }
 }
 
-std::string describe(const at::Tensor& t) {
-  std::ostringstream s;
-  s << dtype_name(t.scalar_type()) << " tensor of shape " << t.sizes() << " and strides " << t.strides() << " on "
-    << t.device();
-  return s.str();
-}
+// "float16 tensor of shape [8, 4] and strides [4, 1] on cuda:0", for error messages.
+TensorInfo describe(const at::Tensor& t) { return TensorInfo{&t}; }
 
 bool is_float_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
 void check_cuda(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", describe(t),
+  SLICEKIT_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", describe(t),
               " (the CUDA extension runs CUDA tensors only; use backend='torch' or 'triton' on the CPU)");
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but the other arguments are on ",
+  SLICEKIT_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but the other arguments are on ",
               ref.device());
 }
 
@@ -67,26 +62,26 @@ at::Tensor rows_unit_stride(const at::Tensor& t) {
 
 void check_covariance(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& out) {
   const char* op = "slicekit::covariance_accumulate";
-  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [N, d], got ", describe(x));
-  TORCH_CHECK(is_float_dtype(x.scalar_type()), op, ": x must be float16, bfloat16, float32 or float64, got ",
+  SLICEKIT_CHECK(x.dim() == 2, op, ": x must be 2-D [N, d], got ", describe(x));
+  SLICEKIT_CHECK(is_float_dtype(x.scalar_type()), op, ": x must be float16, bfloat16, float32 or float64, got ",
               describe(x));
   const int64_t n = x.size(0), d = x.size(1);
-  TORCH_CHECK(x.stride(1) == 1 || d <= 1, op, ": x must have unit stride along d (x.stride(1) == 1), got ",
+  SLICEKIT_CHECK(x.stride(1) == 1 || d <= 1, op, ": x must have unit stride along d (x.stride(1) == 1), got ",
               describe(x), "; call .contiguous() first");
-  TORCH_CHECK(n <= 1 || x.stride(0) >= d, op, ": x's rows overlap (x.stride(0) < d), got ", describe(x));
-  TORCH_CHECK(out.scalar_type() == at::kDouble, op, ": out must be float64 (the running sum), got ", describe(out));
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == d && out.size(1) == d, op, ": out must be [", d, ", ", d,
+  SLICEKIT_CHECK(n <= 1 || x.stride(0) >= d, op, ": x's rows overlap (x.stride(0) < d), got ", describe(x));
+  SLICEKIT_CHECK(out.scalar_type() == at::kDouble, op, ": out must be float64 (the running sum), got ", describe(out));
+  SLICEKIT_CHECK(out.dim() == 2 && out.size(0) == d && out.size(1) == d, op, ": out must be [", d, ", ", d,
               "] to match x's d = ", d, ", got ", describe(out));
-  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+  SLICEKIT_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
               ": out must not be an expanded or self-overlapping view, got ", describe(out));
-  TORCH_CHECK(d <= INT32_MAX && (n <= 1 || x.stride(0) <= INT32_MAX), op,
+  SLICEKIT_CHECK(d <= INT32_MAX && (n <= 1 || x.stride(0) <= INT32_MAX), op,
               ": d and x.stride(0) must fit in 32 bits for cuBLAS, got ", describe(x));
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
-    TORCH_CHECK(m.scalar_type() == at::kByte || m.scalar_type() == at::kBool, op,
+    SLICEKIT_CHECK(m.scalar_type() == at::kByte || m.scalar_type() == at::kBool, op,
                 ": mask must be uint8 (or bool) holding 0/1, got ", describe(m));
-    TORCH_CHECK(m.dim() == 1 && m.size(0) == n, op, ": mask must be [N] = [", n, "] to match x, got ", describe(m));
-    TORCH_CHECK(m.stride(0) == 1 || n <= 1, op, ": mask must be contiguous, got ", describe(m));
+    SLICEKIT_CHECK(m.dim() == 1 && m.size(0) == n, op, ": mask must be [N] = [", n, "] to match x, got ", describe(m));
+    SLICEKIT_CHECK(m.stride(0) == 1 || n <= 1, op, ": mask must be contiguous, got ", describe(m));
   }
 }
 
@@ -113,7 +108,7 @@ void covariance_accumulate_cuda_op(const at::Tensor& x, const std::optional<at::
     case at::kBFloat16: covariance_accumulate_cuda<c10::BFloat16>(p); break;
     case at::kFloat: covariance_accumulate_cuda<float>(p); break;
     case at::kDouble: covariance_accumulate_cuda<double>(p); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype_name(x.scalar_type()));
+    default: SLICEKIT_CHECK(false, op, ": unsupported dtype ", dtype_name(x.scalar_type()));
   }
 }
 
@@ -127,20 +122,20 @@ void covariance_accumulate_meta(const at::Tensor& x, const std::optional<at::Ten
 std::vector<int64_t> check_rotate_slice(const at::Tensor& weight, const at::Tensor& q, int64_t k, int64_t dim,
                                         at::ScalarType out_dtype) {
   const char* op = "slicekit::rotate_slice";
-  TORCH_CHECK(dim == 0 || dim == 1, op, ": dim must be 0 (writers, weight [d, n]) or 1 (readers, weight [m, d]), got ",
+  SLICEKIT_CHECK(dim == 0 || dim == 1, op, ": dim must be 0 (writers, weight [d, n]) or 1 (readers, weight [m, d]), got ",
               dim);
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D, got ", describe(weight));
-  TORCH_CHECK(is_float_dtype(weight.scalar_type()), op,
+  SLICEKIT_CHECK(weight.dim() == 2, op, ": weight must be 2-D, got ", describe(weight));
+  SLICEKIT_CHECK(is_float_dtype(weight.scalar_type()), op,
               ": weight must be float16, bfloat16, float32 or float64, got ", describe(weight));
-  TORCH_CHECK(q.dim() == 2, op, ": q must be 2-D [d, >=k], got ", describe(q));
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, op,
+  SLICEKIT_CHECK(q.dim() == 2, op, ": q must be 2-D [d, >=k], got ", describe(q));
+  SLICEKIT_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, op,
               ": q must be float32 or float64 (a 16-bit Q loses the basis), got ", describe(q));
   const int64_t d = weight.size(dim);
-  TORCH_CHECK(q.size(0) == d, op, ": q has ", q.size(0), " rows but the weight's residual dim (dim ", dim, ") is ", d);
-  TORCH_CHECK(k >= 1 && k <= q.size(1), op, ": k = ", k, " outside [1, ", q.size(1), "] (q's columns)");
-  TORCH_CHECK(is_float_dtype(out_dtype), op, ": out_dtype must be float16, bfloat16, float32 or float64, got ",
+  SLICEKIT_CHECK(q.size(0) == d, op, ": q has ", q.size(0), " rows but the weight's residual dim (dim ", dim, ") is ", d);
+  SLICEKIT_CHECK(k >= 1 && k <= q.size(1), op, ": k = ", k, " outside [1, ", q.size(1), "] (q's columns)");
+  SLICEKIT_CHECK(is_float_dtype(out_dtype), op, ": out_dtype must be float16, bfloat16, float32 or float64, got ",
               dtype_name(out_dtype));
-  TORCH_CHECK(weight.size(0) <= INT32_MAX && weight.size(1) <= INT32_MAX && k <= INT32_MAX, op,
+  SLICEKIT_CHECK(weight.size(0) <= INT32_MAX && weight.size(1) <= INT32_MAX && k <= INT32_MAX, op,
               ": dimensions must fit in 32 bits for cuBLAS, got ", describe(weight));
   return dim == 1 ? std::vector<int64_t>{weight.size(0), k} : std::vector<int64_t>{k, weight.size(1)};
 }
@@ -167,7 +162,7 @@ at::Tensor rotate_slice_cuda_op(const at::Tensor& weight_in, const at::Tensor& q
   const bool col_major = weight.stride(0) == 1 && weight.stride(1) >= std::max<int64_t>(1, weight.size(0));
   if (!row_major && !col_major) weight = weight.contiguous();
   const bool use_row = weight.stride(1) == 1 && weight.stride(0) >= std::max<int64_t>(1, weight.size(1));
-  TORCH_CHECK(std::max(weight.stride(0), weight.stride(1)) <= INT32_MAX, op,
+  SLICEKIT_CHECK(std::max(weight.stride(0), weight.stride(1)) <= INT32_MAX, op,
               ": the weight's leading stride must fit in 32 bits for cuBLAS, got ", describe(weight));
 
   RotateSliceParams p;
@@ -189,7 +184,7 @@ at::Tensor rotate_slice_cuda_op(const at::Tensor& weight_in, const at::Tensor& q
     case at::kHalf: rotate_slice_split_cuda<c10::Half>(p); break;
     case at::kBFloat16: rotate_slice_split_cuda<c10::BFloat16>(p); break;
     case at::kFloat: rotate_slice_fp32_cuda(p); break;
-    default: TORCH_CHECK(false, op, ": unsupported weight dtype ", dtype_name(wt));
+    default: SLICEKIT_CHECK(false, op, ": unsupported weight dtype ", dtype_name(wt));
   }
   return out;
 }
@@ -206,23 +201,23 @@ at::Tensor rotate_slice_meta(const at::Tensor& weight, const at::Tensor& q, int6
 std::vector<int64_t> check_shortcut_linear(const at::Tensor& x, const at::Tensor& S, const at::Tensor& h,
                                            const at::Tensor& W, const std::optional<at::Tensor>& bias) {
   const char* op = "slicekit::shortcut_linear";
-  TORCH_CHECK(x.dim() >= 1 && h.dim() >= 1, op, ": x and h need a feature dim, got x ", describe(x), " and h ",
+  SLICEKIT_CHECK(x.dim() >= 1 && h.dim() >= 1, op, ": x and h need a feature dim, got x ", describe(x), " and h ",
               describe(h));
-  TORCH_CHECK(x.sizes().slice(0, x.dim() - 1) == h.sizes().slice(0, h.dim() - 1), op,
+  SLICEKIT_CHECK(x.sizes().slice(0, x.dim() - 1) == h.sizes().slice(0, h.dim() - 1), op,
               ": x and h must share their leading dims, got x ", describe(x), " and h ", describe(h));
-  TORCH_CHECK(S.dim() == 2 && W.dim() == 2, op, ": S and W must be 2-D, got S ", describe(S), " and W ", describe(W));
-  TORCH_CHECK(S.size(0) == x.size(-1) && W.size(1) == h.size(-1) && S.size(1) == W.size(0), op,
+  SLICEKIT_CHECK(S.dim() == 2 && W.dim() == 2, op, ": S and W must be 2-D, got S ", describe(S), " and W ", describe(W));
+  SLICEKIT_CHECK(S.size(0) == x.size(-1) && W.size(1) == h.size(-1) && S.size(1) == W.size(0), op,
               ": shapes do not chain (need S [k_in, k_out], W [k_out, n]): x ", x.sizes(), ", S ", S.sizes(), ", h ",
               h.sizes(), ", W ", W.sizes());
   const at::ScalarType t = x.scalar_type();
-  TORCH_CHECK(is_float_dtype(t), op, ": x must be float16, bfloat16, float32 or float64, got ", describe(x));
-  TORCH_CHECK(S.scalar_type() == t && h.scalar_type() == t && W.scalar_type() == t, op,
+  SLICEKIT_CHECK(is_float_dtype(t), op, ": x must be float16, bfloat16, float32 or float64, got ", describe(x));
+  SLICEKIT_CHECK(S.scalar_type() == t && h.scalar_type() == t && W.scalar_type() == t, op,
               ": x, S, h and W must share one dtype, got ", dtype_name(t), ", ", dtype_name(S.scalar_type()), ", ",
               dtype_name(h.scalar_type()), ", ", dtype_name(W.scalar_type()));
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == W.size(0), op, ": bias must be [k_out] = [", W.size(0),
+    SLICEKIT_CHECK(bias->dim() == 1 && bias->size(0) == W.size(0), op, ": bias must be [k_out] = [", W.size(0),
                 "], got ", describe(*bias));
-    TORCH_CHECK(bias->scalar_type() == t, op, ": bias must be ", dtype_name(t), " like x, got ", describe(*bias));
+    SLICEKIT_CHECK(bias->scalar_type() == t, op, ": bias must be ", dtype_name(t), " like x, got ", describe(*bias));
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = W.size(0);
@@ -248,7 +243,7 @@ at::Tensor shortcut_linear_cuda_op(const at::Tensor& x, const at::Tensor& S, con
   const at::Tensor w2 = rows_unit_stride(W);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   for (const at::Tensor* t : {&x2, &h2, &s2, &w2}) {
-    TORCH_CHECK(row_ld(*t) <= INT32_MAX && t->size(0) <= INT32_MAX && t->size(1) <= INT32_MAX, op,
+    SLICEKIT_CHECK(row_ld(*t) <= INT32_MAX && t->size(0) <= INT32_MAX && t->size(1) <= INT32_MAX, op,
                 ": dimensions must fit in 32 bits for cuBLAS, got ", describe(*t));
   }
 
@@ -272,7 +267,7 @@ at::Tensor shortcut_linear_cuda_op(const at::Tensor& x, const at::Tensor& S, con
     case at::kBFloat16: shortcut_linear_cuda<c10::BFloat16>(p); break;
     case at::kFloat: shortcut_linear_cuda<float>(p); break;
     case at::kDouble: shortcut_linear_cuda<double>(p); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype_name(x.scalar_type()));
+    default: SLICEKIT_CHECK(false, op, ": unsupported dtype ", dtype_name(x.scalar_type()));
   }
   return y;
 }
@@ -286,7 +281,7 @@ at::Tensor shortcut_linear_meta(const at::Tensor& x, const at::Tensor& S, const 
 // CPU: a clear error instead of the dispatcher's "could not run ... with arguments from the CPU backend".
 
 [[noreturn]] void needs_cuda(const char* op, const at::Tensor& t) {
-  TORCH_CHECK(false, op, ": the CUDA extension needs CUDA tensors, got ", describe(t),
+  SLICEKIT_CHECK(false, op, ": the CUDA extension needs CUDA tensors, got ", describe(t),
               "; use slicekit.ops with backend='torch' (or 'triton') for CPU tensors");
 }
 

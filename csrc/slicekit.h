@@ -2,10 +2,89 @@
 // Every stride is in elements, never bytes; every pointer is a device pointer on the current device.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <stdexcept>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
+
+namespace slicekit {
+
+// SLICEKIT_CHECK(cond, parts...): TORCH_CHECK's contract (Python sees a RuntimeError naming the
+// problem), but the message is formatted with snprintf into a fixed buffer and thrown as
+// std::runtime_error(const char*). Measured on the H200 image (torch 2.11+cu130): a failing
+// multi-argument TORCH_CHECK -- or any std::ostringstream message -- in an extension built there
+// segfaults, even in a 5-line extension from torch's own load_inline, while
+// std::runtime_error("literal") translates cleanly (scripts/diag_cxx_errors.py reproduces it).
+// So no iostreams and no std::string on this path.
+struct TensorInfo {
+  const at::Tensor* t;
+};
+
+class Message {
+ public:
+  void add(const char* text) { put("%s", text); }
+  void add(char c) { put("%c", c); }
+  void add(bool b) { put("%s", b ? "true" : "false"); }
+  void add(int v) { put("%d", v); }
+  void add(unsigned v) { put("%u", v); }
+  void add(long v) { put("%ld", v); }
+  void add(unsigned long v) { put("%lu", v); }
+  void add(long long v) { put("%lld", v); }
+  void add(unsigned long long v) { put("%llu", v); }
+  void add(double v) { put("%g", v); }
+  void add(c10::ScalarType t) { put("%s", c10::toString(t)); }
+  void add(c10::IntArrayRef a) {
+    add('[');
+    for (size_t i = 0; i < a.size(); ++i) put(i ? ", %lld" : "%lld", static_cast<long long>(a[i]));
+    add(']');
+  }
+  void add(c10::Device d) {
+    const char* type = d.is_cuda() ? "cuda" : d.is_cpu() ? "cpu" : d.is_meta() ? "meta" : "other";
+    add(type);
+    if (d.has_index()) put(":%d", static_cast<int>(d.index()));
+  }
+  void add(const TensorInfo& info) {
+    const at::Tensor& t = *info.t;
+    const at::ScalarType st = t.scalar_type();
+    add(st == at::kHalf ? "float16" : st == at::kBFloat16 ? "bfloat16" : st == at::kFloat ? "float32"
+        : st == at::kDouble ? "float64" : c10::toString(st));
+    add(" tensor of shape ");
+    add(t.sizes());
+    add(" and strides ");
+    add(t.strides());
+    add(" on ");
+    add(t.device());
+  }
+  const char* text() const { return buf_; }
+
+ private:
+  template <typename T>
+  void put(const char* fmt, T value) {
+    if (len_ < sizeof(buf_) - 1) {
+      const int n = std::snprintf(buf_ + len_, sizeof(buf_) - len_, fmt, value);
+      if (n > 0) len_ = std::min(sizeof(buf_) - 1, len_ + static_cast<size_t>(n));
+    }
+  }
+  char buf_[1024] = {0};
+  size_t len_ = 0;
+};
+
+template <typename... Args>
+[[noreturn]] void fail(const Args&... parts) {
+  Message message;
+  (message.add(parts), ...);
+  throw std::runtime_error(message.text());
+}
+
+}  // namespace slicekit
+
+#define SLICEKIT_CHECK(COND, ...)              \
+  do {                                         \
+    if (!(COND)) ::slicekit::fail(__VA_ARGS__); \
+  } while (0)
 
 namespace slicekit {
 

@@ -47,10 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 # A TORCH_CHECK failure inside slicekit._C killed the test process on the H200 instead of raising
 # (torch 2.11, 2026-11-30; cause not yet found). Tests that provoke one are skipped until it is fixed:
 # the Python front-ends validate every input before the extension sees it.
-CXX_ERRORS_CRASH = pytest.mark.skip(
-    reason="known bug: a TORCH_CHECK failure inside slicekit._C crashes the process on the H200 build "
-    "(torch 2.11) instead of raising; see README 'Known issues'"
-)
 
 _UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}
 
@@ -267,7 +263,6 @@ def test_covariance_front_end_3d_with_mask():
                   torch.zeros(4, 1, dtype=torch.float64, device="cuda").expand(4, 4)), "overlapping"),
     ],
 )
-@CXX_ERRORS_CRASH
 def test_covariance_errors(make_args, message):
     with pytest.raises(RuntimeError, match="covariance_accumulate") as info:
         torch.ops.slicekit.covariance_accumulate(*make_args())
@@ -275,7 +270,6 @@ def test_covariance_errors(make_args, message):
 
 
 @needs_ext
-@CXX_ERRORS_CRASH
 def test_covariance_meta():
     x = torch.empty(16, 8, device="meta", dtype=torch.float16)
     out = torch.empty(8, 8, device="meta", dtype=torch.float64)
@@ -379,7 +373,6 @@ def test_rotate_slice_front_end():
         (lambda: (torch.randn(4, 8, device="cuda").half(), torch.randn(8, 8), 4, 1, torch.float16), "CUDA"),
     ],
 )
-@CXX_ERRORS_CRASH
 def test_rotate_slice_errors(make_args, message):
     with pytest.raises(RuntimeError, match="rotate_slice") as info:
         torch.ops.slicekit.rotate_slice(*make_args())
@@ -436,7 +429,6 @@ def test_shortcut_linear(dtype, lead, k_in, k_out, n, with_bias):
 
 
 @needs_ext
-@CXX_ERRORS_CRASH
 def test_shortcut_linear_front_end_and_errors():
     x = torch.randn(5, 64, device="cuda", dtype=torch.float16)
     s = torch.randn(64, 48, device="cuda", dtype=torch.float16)
