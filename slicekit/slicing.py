@@ -413,8 +413,11 @@ def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, i
                          "the head at full width")
     # The head's input width follows the last position: slicing it always lowers the count.
     slice_head = True if slice_head is None else bool(slice_head)
-    if budget not in ("uniform", "evr", "sensitivity"):
-        raise ValueError(f"budget must be 'uniform', 'evr' or 'sensitivity', got {budget!r}")
+    if budget not in ("uniform", "evr", "sensitivity", "mlp"):
+        raise ValueError(f"budget must be 'uniform', 'evr', 'sensitivity' or 'mlp', got {budget!r}")
+    if budget == "mlp" and (target_params is None or mlp_sparsity not in (0, 0.0) or intermediate_sizes is not None):
+        raise ValueError("budget='mlp' chooses one MLP width for every layer to meet target_params: it needs "
+                         "target_params and no mlp_sparsity / intermediate_sizes")
     if tied_basis not in TIED_BASES:
         raise ValueError(f"tied_basis must be one of {TIED_BASES}, got {tied_basis!r}")
     if head_fit not in HEAD_FITS:
@@ -425,7 +428,7 @@ def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, i
                                       or target_params < 1):
         raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
     if mlp_sparsity == "auto":
-        if target_params is None or budget == "uniform":
+        if target_params is None or budget in ("uniform", "mlp"):
             raise ValueError("mlp_sparsity='auto' lets the width budget choose MLP widths: it needs target_params "
                              "and budget='evr' or 'sensitivity'")
     elif (not isinstance(mlp_sparsity, (int, float)) or isinstance(mlp_sparsity, bool)
@@ -469,6 +472,15 @@ def _plan(model, adapter, d, n_pos, *, sparsity, dims, round_to, slice_head, tie
         dims = uniform_dims(adapter, len(adapter.layers(model)), d, float(sparsity), round_to, slice_head or tied)
         return dims, inter, pm
 
+    if budget == "mlp":
+        # Residual stream untouched; the widest uniform MLP width (multiple of round_to) that fits.
+        dims = [d] * n_pos
+        for m in range(max(full_inter) // round_to * round_to, 0, -round_to):
+            cand = [min(m, f) for f in full_inter]
+            if pm.count(dims, cand) <= target_params:
+                return dims, cand, pm
+        raise ValueError(f"cannot reach {target_params:,} parameters by MLP width alone (the residual stream stays "
+                         f"at full width with budget='mlp'); use budget='uniform' (optionally with mlp_sparsity)")
     if budget == "uniform":
         # The widest uniform width (multiple of round_to) that meets the target.
         for k in range(d - d % round_to if d % round_to else d, 0, -round_to):
@@ -543,8 +555,11 @@ def slice_model(
         target_params: total parameter count to meet (everything counted: embeddings, head,
             shortcut matrices); the widths are chosen by ``budget``.
         budget: "uniform" (one width everywhere), "evr" (greedy on discarded eigenvalue mass per
-            parameter saved) or "sensitivity" (the same mass weighted by each position's measured
-            held-out loss sensitivity); see ``slicekit.budget``.
+            parameter saved), "sensitivity" (the same mass weighted by each position's measured
+            held-out loss sensitivity), see ``slicekit.budget``; or "mlp": residual stream kept at
+            full width (one shared basis, no shortcut matrices) and one MLP width for every layer,
+            the widest that meets ``target_params`` (the best size/quality trade-off measured on
+            SmolLM2-135M, README).
         mlp_sparsity: fraction of every MLP's neurons to remove (whole neurons, writer refitted by
             least squares), or "auto": the budget chooses every layer's MLP width.
         intermediate_sizes: explicit MLP width per layer (instead of mlp_sparsity).
@@ -585,6 +600,12 @@ def slice_model(
     d = cfg.hidden_size
     layers = adapter.layers(model)
     n_pos = adapter.num_positions(len(layers))
+    if budget == "mlp":
+        if dims is not None:
+            raise ValueError("budget='mlp' keeps every residual width at the hidden size: do not pass dims")
+        # One full-width basis for every position: no shortcut matrices anywhere (measured on SmolLM2:
+        # at equal size, MLP neurons are far cheaper to remove than residual width; README).
+        share_basis = n_pos
     batches = make_batches(calibration, batch_size, cfg.vocab_size)
     n_tokens = sum(b.tokens for b in batches)
     if n_tokens < d:
@@ -608,7 +629,7 @@ def slice_model(
         full_inter = None if intermediate_sizes is None else list(intermediate_sizes)
         if ParamModel(model, adapter, tied, share_basis).count([d] * n_pos, full_inter) <= target_params:
             budget = "uniform"  # nothing to allocate: every width stays full
-    needs_stats = (tied and rotation == "pca") or (target_params is not None and budget != "uniform")
+    needs_stats = (tied and rotation == "pca") or (target_params is not None and budget not in ("uniform", "mlp"))
     stats = statistics
     if stats is not None and bool(getattr(stats, "normalize_tokens", False)) != bool(normalize_tokens):
         raise ValueError("the statistics passed in were collected with a different normalize_tokens setting")

@@ -178,6 +178,39 @@ def test_slice_head_and_report_path(capsys, workdir):
     assert report["ppl_before"] is None
 
 
+def test_target_params_mlp_budget(capsys, workdir):
+    """--budget mlp: residual kept whole, tied head kept tied, MLP narrowed to meet the count."""
+    from transformers import AutoModelForCausalLM
+
+    dense = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(workdir / "model").parameters())
+    target = int(dense * 0.9)
+    out = workdir / "sliced_mlp"
+    rc = main(_slice_argv(workdir, **{"--out": str(out), "--sparsity": None, "--target-params": str(target),
+                                      "--budget": "mlp"}))
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["dims"]) == {32}
+    assert report["params_after"] <= target < dense
+    assert report["options"] == {"target_params": target, "budget": "mlp", "slice_head": None}
+    import slicekit
+
+    sliced = slicekit.load_sliced(str(out))
+    assert sliced.get_output_embeddings().weight is sliced.get_input_embeddings().weight
+    assert slicekit.count_parameters(sliced) == report["params_after"]
+
+
+@pytest.mark.parametrize("extra,message,code", [
+    (["--budget", "evr"], "--budget evr needs --target-params", 2),
+    (["--target-params", "-5"], "--target-params must be a positive", 2),
+    (["--mlp-sparsity", "1.0"], "--mlp-sparsity must lie in [0, 1)", 2),
+    (["--target-params", "10", "--budget", "mlp"], "cannot reach 10 parameters by MLP width alone", 1),
+])
+def test_compression_flag_errors(capsys, workdir, extra, message, code):
+    err = _error(capsys, _slice_argv(workdir, **{"--out": str(workdir / "never")}) + extra, code=code)
+    assert message in err
+    assert not (workdir / "never").exists()
+
+
 def _smollm2_installed():
     from importlib import metadata
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import slicekit
+import slicekit.slicing
 import slicekit.structure
 from slicekit.budget import ParamModel, collect_statistics
 from slicekit.calibration import make_batches
@@ -251,6 +252,40 @@ def test_budget_with_mlp_widths():
     if inter is not None:
         assert all(m % 8 == 0 and 8 <= m <= 96 for m in inter)
         assert sliced.config.slicekit["intermediate_sizes"] == inter
+
+
+@pytest.mark.parametrize("arch", ["llama_tied", "opt", "phi", "qwen2"])
+def test_mlp_budget_keeps_residual_and_meets_target(arch):
+    model = tiny_model(arch, dtype=torch.float32)
+    dense = slicekit.count_parameters(model)
+    target = int(0.85 * dense)
+    sliced, report = slicekit.slice_model(model, calib_ids(n=16), target_params=target, budget="mlp", round_to=8,
+                                          progress=False)
+    d = model.config.hidden_size
+    inter = report.extra["intermediate_sizes"]
+    assert set(report.dims) == {d}
+    assert report.params_after == slicekit.count_parameters(sliced) <= target
+    assert len(set(inter)) == 1 and inter[0] % 8 == 0
+    # the widest such width: 8 more neurons per layer would not fit
+    pm = ParamModel(model, slicekit.get_adapter(model), slicekit.slicing.is_tied(model, slicekit.get_adapter(model)),
+                    _n_pos(model))
+    assert pm.count(report.dims, [m + 8 for m in inter]) > target
+    # one shared basis: no shortcut matrix between layers; the connection into the head's input keeps
+    # one d x d matrix (the last position is never part of a shared run)
+    assert report.params_after_breakdown.get("shortcuts", 0) == d * d
+    with torch.no_grad():
+        assert torch.isfinite(sliced(calib_ids()).logits).all()
+
+
+def test_mlp_budget_errors():
+    model = tiny_model("llama_tied", dtype=torch.float32)
+    with pytest.raises(ValueError, match="needs target_params"):
+        slicekit.slice_model(model, calib_ids(n=16), sparsity=0.1, budget="mlp", progress=False)
+    with pytest.raises(ValueError, match="needs target_params"):
+        slicekit.slice_model(model, calib_ids(n=16), target_params=10**9, budget="mlp", mlp_sparsity=0.2,
+                             progress=False)
+    with pytest.raises(ValueError, match="MLP width alone"):
+        slicekit.slice_model(model, calib_ids(n=16), target_params=1000, budget="mlp", progress=False)
 
 
 def test_statistics_reused():
