@@ -81,7 +81,7 @@ def plot(rows: list[dict], dense: dict, path: str, title: str) -> None:
     for max_p, max_ppl in GOALS:
         ax.plot([max_p / 1e6, max_p / 1e6, 0], [0, max_ppl, max_ppl], ls="--", color="grey", lw=0.8)
         ax.annotate(f"goal: <= {max_p / 1e6:.0f} M, ppl <= {max_ppl:g}", (max_p / 1e6, max_ppl),
-                    textcoords="offset points", xytext=(-150, 6), fontsize=8, color="grey")
+                    textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey")
     ax.set_yscale("log")
     ax.set_xlabel("total parameters (M), everything counted")
     ax.set_ylabel("WikiText-2 test perplexity (log)")
