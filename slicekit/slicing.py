@@ -415,9 +415,10 @@ def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, i
     slice_head = True if slice_head is None else bool(slice_head)
     if budget not in ("uniform", "evr", "sensitivity", "mlp"):
         raise ValueError(f"budget must be 'uniform', 'evr', 'sensitivity' or 'mlp', got {budget!r}")
-    if budget == "mlp" and (target_params is None or mlp_sparsity not in (0, 0.0) or intermediate_sizes is not None):
-        raise ValueError("budget='mlp' chooses one MLP width for every layer to meet target_params: it needs "
-                         "target_params and no mlp_sparsity / intermediate_sizes")
+    if budget == "mlp" and (target_params is None or mlp_sparsity not in (0, 0.0, "auto")
+                            or intermediate_sizes is not None):
+        raise ValueError("budget='mlp' chooses the MLP widths to meet target_params: it needs target_params and "
+                         "no intermediate_sizes; mlp_sparsity may only be 'auto' (per-layer widths)")
     if tied_basis not in TIED_BASES:
         raise ValueError(f"tied_basis must be one of {TIED_BASES}, got {tied_basis!r}")
     if head_fit not in HEAD_FITS:
@@ -428,7 +429,7 @@ def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, i
                                       or target_params < 1):
         raise ValueError(f"target_params must be a positive integer, got {target_params!r}")
     if mlp_sparsity == "auto":
-        if target_params is None or budget in ("uniform", "mlp"):
+        if target_params is None or budget == "uniform":
             raise ValueError("mlp_sparsity='auto' lets the width budget choose MLP widths: it needs target_params "
                              "and budget='evr' or 'sensitivity'")
     elif (not isinstance(mlp_sparsity, (int, float)) or isinstance(mlp_sparsity, bool)
@@ -472,6 +473,11 @@ def _plan(model, adapter, d, n_pos, *, sparsity, dims, round_to, slice_head, tie
         dims = uniform_dims(adapter, len(adapter.layers(model)), d, float(sparsity), round_to, slice_head or tied)
         return dims, inter, pm
 
+    if budget == "mlp" and mlp_sparsity == "auto":
+        # Residual stream untouched; per-layer MLP widths, greedily by OBS refit error per parameter.
+        groups = mlp_groups(stats, model, adapter, round_to, damp=damp)
+        dims, auto_inter = allocate(pm, groups, target_params, n_pos, d)
+        return dims, (None if auto_inter == full_inter else auto_inter), pm
     if budget == "mlp":
         # Residual stream untouched; the widest uniform MLP width (multiple of round_to) that fits.
         dims = [d] * n_pos
@@ -559,7 +565,8 @@ def slice_model(
             held-out loss sensitivity), see ``slicekit.budget``; or "mlp": residual stream kept at
             full width (one shared basis, no shortcut matrices) and one MLP width for every layer,
             the widest that meets ``target_params`` (the best size/quality trade-off measured on
-            SmolLM2-135M, README).
+            SmolLM2-135M, README); with ``mlp_sparsity="auto"`` the MLP widths differ per layer,
+            chosen greedily by OBS refit error per parameter.
         mlp_sparsity: fraction of every MLP's neurons to remove (whole neurons, writer refitted by
             least squares), or "auto": the budget chooses every layer's MLP width.
         intermediate_sizes: explicit MLP width per layer (instead of mlp_sparsity).
@@ -629,7 +636,8 @@ def slice_model(
         full_inter = None if intermediate_sizes is None else list(intermediate_sizes)
         if ParamModel(model, adapter, tied, share_basis).count([d] * n_pos, full_inter) <= target_params:
             budget = "uniform"  # nothing to allocate: every width stays full
-    needs_stats = (tied and rotation == "pca") or (target_params is not None and budget not in ("uniform", "mlp"))
+    needs_stats = (tied and rotation == "pca") or (target_params is not None and budget != "uniform"
+                                                   and (budget != "mlp" or mlp_sparsity == "auto"))
     stats = statistics
     if stats is not None and bool(getattr(stats, "normalize_tokens", False)) != bool(normalize_tokens):
         raise ValueError("the statistics passed in were collected with a different normalize_tokens setting")

@@ -277,6 +277,20 @@ def test_mlp_budget_keeps_residual_and_meets_target(arch):
         assert torch.isfinite(sliced(calib_ids()).logits).all()
 
 
+def test_mlp_budget_auto_widths():
+    model = tiny_model("llama_tied", dtype=torch.float32)
+    d = model.config.hidden_size
+    target = int(0.85 * slicekit.count_parameters(model))
+    sliced, report = slicekit.slice_model(model, calib_ids(n=16), target_params=target, budget="mlp",
+                                          mlp_sparsity="auto", round_to=8, progress=False)
+    inter = report.extra["intermediate_sizes"]
+    assert set(report.dims) == {d}
+    assert report.params_after == slicekit.count_parameters(sliced) <= target
+    assert inter is not None and all(m % 8 == 0 and 8 <= m <= model.config.intermediate_size for m in inter)
+    with torch.no_grad():
+        assert torch.isfinite(sliced(calib_ids()).logits).all()
+
+
 def test_mlp_budget_errors():
     model = tiny_model("llama_tied", dtype=torch.float32)
     with pytest.raises(ValueError, match="needs target_params"):
@@ -284,6 +298,9 @@ def test_mlp_budget_errors():
     with pytest.raises(ValueError, match="needs target_params"):
         slicekit.slice_model(model, calib_ids(n=16), target_params=10**9, budget="mlp", mlp_sparsity=0.2,
                              progress=False)
+    with pytest.raises(ValueError, match="needs target_params"):
+        slicekit.slice_model(model, calib_ids(n=16), target_params=10**9, budget="mlp",
+                             intermediate_sizes=[8, 8], progress=False)
     with pytest.raises(ValueError, match="MLP width alone"):
         slicekit.slice_model(model, calib_ids(n=16), target_params=1000, budget="mlp", progress=False)
 
