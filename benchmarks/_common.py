@@ -18,6 +18,23 @@ from typing import Callable, Iterable
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shared_dir() -> str:
+    """The team's shared folder (data/ lives there, never in the repository)."""
+    return os.environ.get("SLICEKIT_SHARED", os.path.join(REPO, "..", "shared"))
+
+
+def wikitext2_paths(script: str) -> tuple[str, str] | None:
+    """(calibration, evaluation) files of the SmolLM2 accuracy protocol, or None after saying which is missing."""
+    data = os.path.join(shared_dir(), "data", "wikitext2")
+    paths = os.path.join(data, "wiki.valid.tokens"), os.path.join(data, "wiki.test.raw")
+    for p in paths:
+        if not os.path.isfile(p):
+            print(f"{script}: {p} not found; set SLICEKIT_SHARED to the folder holding data/wikitext2", file=sys.stderr)
+            return None
+    return paths
 
 # Named model shapes: benchmarks take shapes from real configs, never magic numbers.
 MODEL_SHAPES = {

@@ -27,20 +27,15 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import env_stamp, markdown_table, write_results  # noqa: E402
+from _common import env_stamp, markdown_table, wikitext2_paths, write_results  # noqa: E402
 
 SPARSITIES = (0.10, 0.20, 0.25, 0.30)
 SEQLEN = 512
 CALIB_WINDOWS = 128
 EVAL_WINDOWS = 64
 ROUND_TO = 8
-
-
-def shared_dir() -> str:
-    return os.environ.get("SLICEKIT_SHARED", os.path.join(REPO, "..", "shared"))
 
 
 def _sha256(path: str) -> str:
@@ -65,13 +60,10 @@ def main(argv=None) -> int:
     from slicekit.eval import perplexity
     from slicekit.models import load_model
 
-    data = os.path.join(shared_dir(), "data", "wikitext2")
-    calib_path, eval_path = os.path.join(data, "wiki.valid.tokens"), os.path.join(data, "wiki.test.raw")
-    for p in (calib_path, eval_path):
-        if not os.path.isfile(p):
-            print(f"accuracy_smollm2: {p} not found; set SLICEKIT_SHARED to the folder holding data/wikitext2",
-                  file=sys.stderr)
-            return 2
+    paths = wikitext2_paths("accuracy_smollm2")
+    if paths is None:
+        return 2
+    calib_path, eval_path = paths
     sparsities = args.sparsities or ((0.25,) if args.quick else SPARSITIES)
 
     t = time.perf_counter()

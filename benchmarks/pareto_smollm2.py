@@ -41,10 +41,9 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import RESULTS_DIR, env_stamp, markdown_table, write_results  # noqa: E402
+from _common import RESULTS_DIR, env_stamp, markdown_table, wikitext2_paths, write_results  # noqa: E402
 
 SEQLEN = 512
 ROUND_TO = 8
@@ -62,10 +61,6 @@ VARIANTS = {
     "mlp": dict(budget="mlp"),
     "mlp+auto": dict(budget="mlp", mlp_sparsity="auto"),
 }
-
-
-def shared_dir() -> str:
-    return os.environ.get("SLICEKIT_SHARED", os.path.join(REPO, "..", "shared"))
 
 
 def plot(rows: list[dict], dense: dict, path: str, title: str) -> None:
@@ -142,13 +137,10 @@ def main(argv=None) -> int:
     from slicekit.eval import perplexity
     from slicekit.models import load_model
 
-    data = os.path.join(shared_dir(), "data", "wikitext2")
-    calib_path, eval_path = os.path.join(data, "wiki.valid.tokens"), os.path.join(data, "wiki.test.raw")
-    for p in (calib_path, eval_path):
-        if not os.path.isfile(p):
-            print(f"pareto_smollm2: {p} not found; set SLICEKIT_SHARED to the folder holding data/wikitext2",
-                  file=sys.stderr)
-            return 2
+    paths = wikitext2_paths("pareto_smollm2")
+    if paths is None:
+        return 2
+    calib_path, eval_path = paths
     n_calib = args.calib_windows or (32 if args.quick else 128)
     n_eval = args.eval_windows or (16 if args.quick else 64)
     targets = [int(t) for t in (args.targets or (QUICK_TARGETS if args.quick else TARGETS))]

@@ -22,18 +22,6 @@
 namespace slicekit {
 namespace {
 
-const char* dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(t);
-  }
-}
-
 // "float16 tensor of shape [8, 4] and strides [4, 1] on cuda:0", for error messages.
 TensorInfo describe(const at::Tensor& t) { return TensorInfo{&t}; }
 

@@ -19,6 +19,19 @@ namespace slicekit {
 // segfaults, even in a 5-line extension from torch's own load_inline, while
 // std::runtime_error("literal") translates cleanly (scripts/diag_cxx_errors.py reproduces it).
 // So no iostreams and no std::string on this path.
+// torch's Python names for the float dtypes (c10's own names are "Half", "BFloat16", ...).
+inline const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
 struct TensorInfo {
   const at::Tensor* t;
 };
@@ -48,9 +61,7 @@ class Message {
   }
   void add(const TensorInfo& info) {
     const at::Tensor& t = *info.t;
-    const at::ScalarType st = t.scalar_type();
-    add(st == at::kHalf ? "float16" : st == at::kBFloat16 ? "bfloat16" : st == at::kFloat ? "float32"
-        : st == at::kDouble ? "float64" : c10::toString(st));
+    add(dtype_name(t.scalar_type()));
     add(" tensor of shape ");
     add(t.sizes());
     add(" and strides ");

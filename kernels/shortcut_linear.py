@@ -285,11 +285,8 @@ def shortcut_linear_triton(
     kernel = _shortcut_linear_kernel
     extra = {}
     if _force_config is not None:  # tests: bypass the autotuner
-        kernel = _shortcut_linear_kernel.fn.fn  # Autotuner -> Heuristics -> JITFunction
-        extra = dict(_force_config.kwargs, num_warps=_force_config.num_warps,
-                     num_stages=_force_config.num_stages,
-                     EVEN_KX=k_in % _force_config.kwargs["BLOCK_K"] == 0,
-                     EVEN_KH=n % _force_config.kwargs["BLOCK_K"] == 0)
+        kernel = _shortcut_linear_kernel.fn  # the Heuristics under the Autotuner: EVEN_KX/KH still derived
+        extra = dict(_force_config.kwargs, num_warps=_force_config.num_warps, num_stages=_force_config.num_stages)
         if extra["SPLIT_K"] > 1 and not can_split:
             raise ValueError("split-K config forced where split-K is not available (M > 16)")
         grid = grid(extra)

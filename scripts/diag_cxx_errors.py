@@ -80,10 +80,6 @@ def main() -> int:
     alone = ALONE_LOAD.format(src=os.path.join(csrc, "slicekit.cpp"), inc=csrc)
     build = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True, timeout=600)
     print(json.dumps(dict(case="alone_build", rc=build.returncode, stderr=build.stderr.strip()[-1500:])), flush=True)
-    alone_lib = alone.replace("build_directory='/tmp/skalone'", "build_directory='/tmp/skalone_lib', is_python_module=False")
-    alone_lib = alone_lib.replace("os.makedirs('/tmp/skalone'", "os.makedirs('/tmp/skalone_lib'")
-    cases["alone_as_library"] = ("import faulthandler; faulthandler.enable()\n" + alone_lib
-                                 + BODY.format(call=CASES["cpu_kernel"]))
     cases["alone_cpu_kernel"] = ("import faulthandler; faulthandler.enable()\n" + alone
                                  + BODY.format(call=CASES["cpu_kernel"]))
     cases.update({n: "import faulthandler; faulthandler.enable()\n" + load + BODY.format(call=c) for n, c in MINIMAL.items()})

@@ -34,7 +34,7 @@ from .ops import covariance
 from .pca import pca_basis
 from .structure import layer_parts, reader_has_bias
 
-BUDGETS = ("uniform", "evr", "sensitivity")
+BUDGETS = ("uniform", "evr", "sensitivity", "mlp")  # "mlp": residual kept whole, see slicing._plan
 
 __all__ = ["Statistics", "collect_statistics", "ParamModel", "Group", "allocate", "measure_sensitivity", "BUDGETS",
            "position_hooks", "position_groups"]

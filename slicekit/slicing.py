@@ -413,8 +413,10 @@ def _resolve_options(model, adapter, tie_embeddings, slice_head, mlp_sparsity, i
                          "the head at full width")
     # The head's input width follows the last position: slicing it always lowers the count.
     slice_head = True if slice_head is None else bool(slice_head)
-    if budget not in ("uniform", "evr", "sensitivity", "mlp"):
-        raise ValueError(f"budget must be 'uniform', 'evr', 'sensitivity' or 'mlp', got {budget!r}")
+    from .budget import BUDGETS
+
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
     if budget == "mlp" and (target_params is None or mlp_sparsity not in (0, 0.0, "auto")
                             or intermediate_sizes is not None):
         raise ValueError("budget='mlp' chooses the MLP widths to meet target_params: it needs target_params and "

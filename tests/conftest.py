@@ -17,11 +17,23 @@ if not _HAS_CUDA:
 
 import pytest  # noqa: E402
 
+from tiny_models import ARCHS, calib_ids, tiny_model  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_model(request):
+    """(arch, tiny float64 model, calibration ids, its dense logits) for every supported family."""
+    model = tiny_model(request.param)
+    ids = calib_ids()
+    with torch.no_grad():
+        ref = model(ids).logits
+    return request.param, model, ids, ref
 
 
 def pytest_configure(config):

@@ -24,15 +24,6 @@ def _n_pos(model):
     return slicekit.get_adapter(model).num_positions(model.config.num_hidden_layers)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def arch_model(request):
-    model = tiny_model(request.param)
-    ids = calib_ids()
-    with torch.no_grad():
-        ref = model(ids).logits
-    return request.param, model, ids, ref
-
-
 # -- exact at zero compression ---------------------------------------------------------------------
 @pytest.mark.parametrize("rotation", ["pca", "random"])
 @pytest.mark.parametrize("head_fit", ["gamma", "lstsq"])

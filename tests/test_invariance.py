@@ -4,18 +4,9 @@ import torch
 
 import slicekit
 from slicekit.pca import random_orthogonal
-from tiny_models import ARCHS, calib_ids, rel, tiny_model
+from tiny_models import calib_ids, rel, tiny_model
 
 TOL = 1e-10
-
-
-@pytest.fixture(scope="module", params=ARCHS)
-def arch_model(request):
-    model = tiny_model(request.param)
-    ids = calib_ids()
-    with torch.no_grad():
-        ref = model(ids).logits
-    return request.param, model, ids, ref
 
 
 @pytest.mark.parametrize("rotation", ["identity", "random", "pca"])
