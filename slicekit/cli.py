@@ -407,7 +407,8 @@ def _summary(r: dict) -> str:
         why = (f"untying the tied input/output embeddings adds V*d = {_fmt_params(extra)} parameters and the "
                "shortcut matrices add more" if extra else "the shortcut matrices outweigh what slicing removed")
         lines.append(f"  NOTE: the sliced model is NOT smaller than the original: {why}. "
-                     "Larger models and higher sparsity shrink; --slice-head also slices the head.")
+                     "Larger models and higher sparsity shrink; for a model of a given size use "
+                     "--target-params N --budget mlp (README: 'Compressing small models').")
     if r.get("ppl_before") is not None:
         ev = r["evaluation"]
         lines.append(f"  perplexity on {ev['source']} ({ev['windows']} x {r['seqlen']} tokens): "
