@@ -1,8 +1,13 @@
 """Streaming covariance C += X^T X (fp16/bf16 X, float64 C): Triton and CUDA kernels vs PyTorch.
 
 Providers, all adding the [d, d] product of one [N, d] activation batch:
-  triton       slicekit.kernels.covariance.covariance_triton (upper-triangle tiles, float64 out)
-  triton_mask  the same with an all-ones uint8 row mask (the calibration path; N = 16384 only)
+  triton       slicekit.kernels.covariance.covariance_triton, streaming form (symmetric=False:
+               upper-triangle tiles only, float64 out; what the slicing pipeline calls per batch)
+  triton_sym   the same with symmetric=True (each tile's mirror written too, C symmetric per call)
+  triton_mask  the streaming form with an all-ones uint8 row mask (N = 16384 only); on Hopper the
+               kept rows are gathered first (TMA cannot skip rows): the gather is in the time
+  symmetrize   slicekit.ops.symmetrize_ (mirror the upper triangle once per residual position,
+               after all batches; not a per-batch cost)
   cuda         torch.ops.slicekit.covariance_accumulate, when the extension is built (NaN otherwise)
   torch_gemm   torch.mm(X.T, X, out_dtype=torch.float32): the full fp16-in fp32-out GEMM; where
                that overload is missing, torch.mm(X.T, X) with fp16 output (noted in the row)
@@ -99,26 +104,29 @@ def measure_shape(model: str, d: int, n: int, dtype: torch.dtype, device: str = 
                     ms=ms[0], ms_p20=ms[1], ms_p80=ms[2], tflops=tflops(flops(n, d), ms[0]), rel_err=err, note=note)
 
     # triton: error from one call on a zero accumulator, time with the accumulator reused.
+    from slicekit.ops import symmetrize_
+
     out = torch.zeros(d, d, dtype=torch.float64, device=device)
-    try:
-        kcov.covariance_triton(x, None, out)  # first call autotunes (restore_value keeps out clean)
-        err = rel_err(out, ref)
-        best = str(getattr(kcov._covariance_kernel, "best_config", "") or "")
-        rows.append(row("triton", timer(lambda: kcov.covariance_triton(x, None, out)), err, best))
-    except Exception as exc:
-        print(f"  triton failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        rows.append(row("triton", (math.nan,) * 3, math.nan, f"failed: {type(exc).__name__}"))
-    if with_mask:
-        mask = torch.ones(n, dtype=torch.uint8, device=device)
+
+    def triton_row(provider, mask, symmetric):
         out.zero_()
+        fn = lambda: kcov.covariance_triton(x, mask, out, symmetric=symmetric)  # noqa: E731
         try:
-            kcov.covariance_triton(x, mask, out)
-            err = rel_err(out, ref)
+            fn()  # the first call autotunes (restore_value keeps out clean)
+            err = rel_err(out if symmetric else symmetrize_(out), ref)
             best = str(getattr(kcov._covariance_kernel, "best_config", "") or "")
-            rows.append(row("triton_mask", timer(lambda: kcov.covariance_triton(x, mask, out)), err, best))
+            rows.append(row(provider, timer(fn), err, best))
         except Exception as exc:
-            print(f"  triton_mask failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            rows.append(row("triton_mask", (math.nan,) * 3, math.nan, f"failed: {type(exc).__name__}"))
+            print(f"  {provider} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rows.append(row(provider, (math.nan,) * 3, math.nan, f"failed: {type(exc).__name__}"))
+
+    # The streaming call: upper triangle only, mirrored once per residual position (row "symmetrize").
+    triton_row("triton", None, symmetric=False)
+    triton_row("triton_sym", None, symmetric=True)
+    if with_mask:
+        triton_row("triton_mask", torch.ones(n, dtype=torch.uint8, device=device), symmetric=False)
+        rows.append(row("symmetrize", timer(lambda: symmetrize_(out)), math.nan,
+                        "once per residual position, not per batch"))
     del out
 
     op = cuda_op() if device == "cuda" else None
@@ -186,7 +194,7 @@ def measure_chunks(d: int, n: int, dtype: torch.dtype, device: str = "cuda", tim
 
 
 SUMMARY_COLS = ["model", "d", "N", "dtype", "triton ms", "triton TF/s", "x gemm", "x fp64", "triton err",
-                "mask ms", "cuda ms", "cuda err", "gemm ms", "gemm err", "fp64 ms"]
+                "sym ms", "mask ms", "cuda ms", "cuda err", "gemm ms", "gemm err", "fp64 ms"]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -199,6 +207,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         if p == "triton":
             s.update({"triton ms": r["ms"], "triton TF/s": r["tflops"], "x gemm": r["speedup_vs_gemm"],
                       "x fp64": r["speedup_vs_fp64"], "triton err": r["rel_err"]})
+        elif p == "triton_sym":
+            s["sym ms"] = r["ms"]
         elif p == "triton_mask":
             s["mask ms"] = r["ms"]
         elif p == "cuda":

@@ -2,8 +2,11 @@
 
 Equation: for X [N, d] and a 0/1 row mask m [N], add  sum_r m_r x_r x_r^T  into the float64 [d, d]
 accumulator C. Only the upper-triangle tile pairs (I <= J) of the d x d result are computed -- a
-symmetric product needs half the FLOPs of the full GEMM -- and each program writes its tile AND its
-mirror, so C stays exactly symmetric without a second pass.
+symmetric product needs half the FLOPs of the full GEMM. With ``symmetric=True`` each program
+writes its tile AND its mirror, so C stays exactly symmetric after every call; with
+``symmetric=False`` only the upper triangle is written and the caller mirrors once at the end
+(``slicekit.ops.covariance.symmetrize_``): the float64 read-modify-write of the mirror costs ~8%
+of a call at d = 4096 (benchmarks/results/covariance_variants.json).
 
 Main trade-off: tensor-core speed against float64 accuracy. Products of fp16/bf16 values are exact
 in fp32, so all the error is in the sums:
@@ -15,28 +18,34 @@ in fp32, so all the error is in the sums:
     assumption about Hopper) on outlier-channel data at N = 65536 gives ~2.4e-4 for one
     accumulator over all rows (cuBLAS's fp32-output GEMM has the same problem), 1.3e-6 when it
     is restarted every 512 rows, 6e-7 every 256 rows, 3e-7 every 128 rows.
-  * Three fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 256 rows and is
-    then added into `mid` with round-to-nearest CUDA-core adds (unbiased) and cleared; every
-    MID_CHUNKS = 16 chunks `mid` goes into `hi` with Fast2Sum, the exact rounding error staying
-    in `mid` (s = hi + mid; mid -= s - hi; hi = s). At the end hi + mid + acc is formed in float64
-    and added into C once, so the call's error is the short-chunk truncation alone.
-  * Cost: 2 instructions per element per chunk (FADD, FMUL by 0) while the tensor cores wait,
-    ~12% of a 256-row chunk's MMA time on a 128 x 128 tile, plus ~1.5% for the Fast2Sum steps;
-    192 registers per thread of tiles (8 warps), which fits (a few loop-invariant offsets spill
-    to L1). Rejected: a read-modify-write of the float64 tile in global memory every chunk, or
-    split-K over row chunks with float64 atomics: 16 bytes per output element per chunk, GBs per
-    call at d = 4096, memory-bound unless chunks are thousands of rows long, which precision
-    forbids. Rejected too: Fast2Sum at every chunk with two tiles (4 instructions per element per
-    chunk: twice the cost at 256 rows), and restarting `acc` every 512 rows (half the cost, but
-    over 1e-6 in the emulation). `benchmarks/bench_covariance.py --chunks` measures the real
-    hardware; SLICEKIT_COV_CHUNK_ROWS changes the interval without editing code.
+  * Two fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 256 rows and is
+    then added into `mid` with round-to-nearest CUDA-core adds (unbiased) and cleared. At the end
+    mid + acc is formed in float64 and added into C. `mid` sums at most LAUNCH_ROWS / CHUNK_ROWS
+    = 128 chunk results: the wrapper cuts longer inputs into launches of LAUNCH_ROWS rows, so
+    the round-to-nearest error of `mid` stays ~sqrt(128) * 2^-24 (measured on the H200 at
+    N = 16384: 9.10e-7 total against 9.01e-7 with a third, Fast2Sum-compensated tile -- the
+    truncation inside each chunk dominates). A third tile would cost 64 more registers per thread,
+    which the H200 pays with ~8% of the time (covariance_variants.json); one extra float64
+    read-modify-write of the upper triangle per 32768 rows costs ~4%.
+  * Rejected: a read-modify-write of the float64 tile in global memory every chunk, or split-K
+    over row chunks with float64 atomics: 16 bytes per output element per chunk, GBs per call
+    at d = 4096, memory-bound unless chunks are thousands of rows long, which precision forbids.
+    `benchmarks/bench_covariance.py --chunks` measures the interval on real hardware;
+    SLICEKIT_COV_CHUNK_ROWS changes it without editing code.
   * fp32 inputs use input_precision="ieee" (FMA, no tensor cores): TF32 keeps 10 mantissa bits
     (~5e-4 per product) and 3xTF32 still ~5e-7 per product, both far from the float64 path. fp32
     inputs are therefore slow but accurate; fp64 inputs go to the float64 reference.
+Loads: on Hopper (and in the interpreter) 16-bit inputs whose rows are 16-byte aligned are read
+through a TMA tensor descriptor -- the copy engine fetches [BLOCK_K, BLOCK_M] panels into shared
+memory without per-thread address arithmetic or registers, 15% faster on the H200 than pointer
+loads; rows past N and columns past d arrive as zeros. TMA cannot skip rows, so with a mask the
+kept rows are first gathered into a contiguous copy (one pass over X, far cheaper than the
+predicated pointer loads: 0.93 vs 0.66 ms at d = 4096, N = 16384 before TMA). Elsewhere (Ampere,
+odd d, fp32) pointer loads with the mask folded into the load predicates: dropped rows are never
+read (padding may even hold inf/NaN) and contribute 0.
 Layout: X is read as [BLOCK_K, BLOCK_M] row panels of columns I and J; the MMA takes the panel of
 I transposed straight from shared memory. Tiles are enumerated in bands of GROUP_M tile-rows, column
-by column inside a band, so programs that run together share panels in L2. The mask is folded into
-the load predicates: dropped rows are never read (padding may even hold inf/NaN) and contribute 0.
+by column inside a band, so programs that run together share panels in L2.
 """
 from __future__ import annotations
 
@@ -47,11 +56,16 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # host-side TMA descriptors: triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older triton: pointer loads only
+    TensorDescriptor = None
+
 # Rows summed in the MMA accumulator between flushes into `mid` (error grows linearly with it,
-# see the module docstring), and flushes of `mid` between compensated updates of `hi`.
-# SLICEKIT_COV_CHUNK_ROWS overrides the first for experiments (a multiple of 64).
+# see the module docstring). SLICEKIT_COV_CHUNK_ROWS overrides it for experiments (a multiple of 64).
 CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "256"))
-MID_CHUNKS = 16
+# Rows per launch: bounds how many chunk results `mid` sums in fp32 before C takes them in float64.
+LAUNCH_ROWS = 32768
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -59,23 +73,30 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _AUTOTUNE_MIN_WORK = 1 << 34
 
 
+def _set_block_shape(nargs):
+    """Autotuner pre-hook: the TMA descriptor's box is the config's [BLOCK_K, BLOCK_M] panel."""
+    desc = nargs["X_desc"]
+    if TensorDescriptor is not None and isinstance(desc, TensorDescriptor):
+        desc.block_shape = [nargs["BLOCK_K"], nargs["BLOCK_M"]]
+
+
 def _configs():
     if _INTERPRET:
         # One small config: the interpreter runs every program in numpy, and autotuning would run
         # them all. GROUP_M = 2 exercises the band enumeration on the small d of the CPU tests.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1,
+                              pre_hook=_set_block_shape)]
     configs = []
-    # 128 x 128 tiles need 8 warps: three fp32 tiles (acc, mid, hi) at 64 registers each per thread.
-    # On sm_90 (operands from shared memory) that fits; on sm_80 the mma.sync operands live in
-    # registers too and 128-tiles spill, so the autotuner should pick 64-tiles there.
-    for block_k, stages in ((64, 3), (64, 4), (32, 4)):
-        configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_K": block_k, "GROUP_M": 8},
-                                     num_warps=8, num_stages=stages))
-    # 64 x 64 tiles: 4x the tiles, for small d where 128-tiles leave SMs idle (d = 2048: 136 tiles).
-    for block_k, stages in ((64, 3), (64, 4), (32, 4)):
+    # 128 x 128 tiles, 8 warps: two fp32 tiles (acc, mid) at 64 registers each per thread.
+    # Measured on the H200 (covariance_variants.json): BLOCK_K = 64 with 4-5 stages is best.
+    for block_k, stages, group in ((64, 4, 8), (64, 5, 8), (64, 3, 8), (32, 4, 8), (64, 4, 16)):
+        configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_K": block_k, "GROUP_M": group},
+                                     num_warps=8, num_stages=stages, pre_hook=_set_block_shape))
+    # 64 x 64 tiles: 4x the tiles, for small d where 128-tiles leave SMs idle (d = 2048: 136 tiles),
+    # and for Ampere, where mma.sync operands live in registers too and 128-tiles spill.
+    for block_k, stages in ((64, 3), (64, 4), (32, 4), (32, 2)):
         configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_K": block_k, "GROUP_M": 8},
-                                     num_warps=4, num_stages=stages))
-    configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=2))
+                                     num_warps=4, num_stages=stages, pre_hook=_set_block_shape))
     return configs
 
 
@@ -101,7 +122,7 @@ def _prune_configs(configs, named_args, **kwargs):
 
 @triton.autotune(
     configs=_configs(),
-    key=["d", "n_bucket", "HAS_MASK", "CHUNK_ROWS", "MID_CHUNKS"],
+    key=["d", "n_bucket", "HAS_MASK", "USE_TMA", "MIRROR", "CHUNK_ROWS"],
     prune_configs_by={"early_config_prune": _prune_configs},
     # Autotuning runs the kernel several times; the accumulator must not keep those sums.
     restore_value=["Out_ptr"],
@@ -112,11 +133,11 @@ def _prune_configs(configs, named_args, **kwargs):
 })
 @triton.jit
 def _covariance_kernel(
-    X_ptr, Mask_ptr, Out_ptr,
+    X_ptr, X_desc, Mask_ptr, Out_ptr,
     N, d, n_bucket,
     stride_x_row, stride_out_row,
-    HAS_MASK: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
-    CHUNK_ROWS: tl.constexpr, MID_CHUNKS: tl.constexpr,
+    HAS_MASK: tl.constexpr, USE_TMA: tl.constexpr, MIRROR: tl.constexpr,
+    IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, CHUNK_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
 ):
@@ -159,12 +180,14 @@ def _covariance_kernel(
     FLUSH_ITERS: tl.constexpr = CHUNK_ROWS // BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     mid = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
-    hi = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     for it in range(0, tl.cdiv(N, BLOCK_K)):
-        rows = it * BLOCK_K + offs_k
-        # Dropped rows load as 0 on both sides: exact zero contribution, never read. Without a
-        # mask and with N, d multiples of the block, the loads need no predicate at all.
-        if HAS_MASK:
+        if USE_TMA:
+            # Out-of-range rows and columns arrive as zeros (the descriptor's padding).
+            a = X_desc.load([it * BLOCK_K, tile_i * BLOCK_M])
+            b = X_desc.load([it * BLOCK_K, tile_j * BLOCK_M])
+        elif HAS_MASK:
+            # Dropped rows load as 0 on both sides: exact zero contribution, never read.
+            rows = it * BLOCK_K + offs_k
             keep = rows < N
             m = tl.load(Mask_ptr + rows, mask=keep, other=0)
             keep = keep & (m != 0)
@@ -174,6 +197,7 @@ def _covariance_kernel(
             a = tl.load(x_rows + a_offs)
             b = tl.load(x_rows + b_offs)
         else:
+            rows = it * BLOCK_K + offs_k
             keep = rows < N
             a = tl.load(x_rows + a_offs, mask=keep[:, None] & col_ok_i[None, :], other=0.0)
             b = tl.load(x_rows + b_offs, mask=keep[:, None] & col_ok_j[None, :], other=0.0)
@@ -191,16 +215,9 @@ def _covariance_kernel(
             # mid sums them with round-to-nearest CUDA-core adds, which are unbiased.
             mid += acc
             acc = acc * 0.0  # cheaper than a zero tile (one FMUL vs two moves per register)
-            if it % (FLUSH_ITERS * MID_CHUNKS) == FLUSH_ITERS * MID_CHUNKS - 1:
-                # Fast2Sum into hi, the exact rounding error stays in mid. Exact when |hi| >= |mid|:
-                # true for the large same-sign entries that carry the Frobenius norm, and for the
-                # first time (hi = 0).
-                s = hi + mid
-                mid = mid - (s - hi)
-                hi = s
         x_rows += BLOCK_K * stride_x_row
 
-    tile = hi.to(tl.float64) + (mid.to(tl.float64) + acc.to(tl.float64))
+    tile = mid.to(tl.float64) + acc.to(tl.float64)
     if tile_i == tile_j:
         # A diagonal tile is symmetric only up to summation order; average it with its transpose
         # (the same rule as covariance_ref), which is exactly symmetric.
@@ -210,11 +227,12 @@ def _covariance_kernel(
     upper_ok = col_ok_i[:, None] & col_ok_j[None, :]
     prev = tl.load(upper, mask=upper_ok, other=0.0)
     tl.store(upper, prev + tile, mask=upper_ok)
-    if tile_i != tile_j:
-        lower = Out_ptr + offs_j.to(tl.int64)[:, None] * stride_out_row + offs_i[None, :]
-        lower_ok = col_ok_j[:, None] & col_ok_i[None, :]
-        prev_t = tl.load(lower, mask=lower_ok, other=0.0)
-        tl.store(lower, prev_t + tl.trans(tile), mask=lower_ok)
+    if MIRROR:
+        if tile_i != tile_j:
+            lower = Out_ptr + offs_j.to(tl.int64)[:, None] * stride_out_row + offs_i[None, :]
+            lower_ok = col_ok_j[:, None] & col_ok_i[None, :]
+            prev_t = tl.load(lower, mask=lower_ok, other=0.0)
+            tl.store(lower, prev_t + tl.trans(tile), mask=lower_ok)
 
 
 def _n_bucket(n: int) -> int:
@@ -222,11 +240,25 @@ def _n_bucket(n: int) -> int:
     return 1 << min(max(n - 1, 255).bit_length(), 17)
 
 
+def tma_eligible(x: torch.Tensor) -> bool:
+    """Whether TMA can stream ``x`` here: Hopper or newer (or the interpreter), a 16-bit dtype,
+    unit column stride and 16-byte aligned rows (a descriptor's base and strides must be)."""
+    if TensorDescriptor is None or x.dtype not in (torch.float16, torch.bfloat16) or x.stride(1) != 1:
+        return False
+    if (x.data_ptr() % 16) or (x.stride(0) * x.element_size()) % 16:
+        return False
+    if _INTERPRET:
+        return True
+    return x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
 def covariance_triton(
     x: torch.Tensor,
     mask: torch.Tensor | None,
     out: torch.Tensor,
     *,
+    symmetric: bool = True,
+    tma: bool | None = None,
     chunk_rows: int | None = None,
     config: triton.Config | None = None,
 ) -> torch.Tensor:
@@ -236,14 +268,18 @@ def covariance_triton(
         x: [N, d] activations with stride(1) == 1 (any row stride); float16, bfloat16 or float32.
             float64 inputs are handed to the float64 reference.
         mask: None, or a contiguous uint8 [N] tensor of 0/1 (rows with 0 are skipped).
-        out: float64 [d, d] accumulator on x's device (stride(1) == 1, or it is copied); each of
-            its two triangles is read and updated, so an exactly symmetric ``out`` stays so.
+        out: float64 [d, d] accumulator on x's device (stride(1) == 1, or it is copied).
+        symmetric: True: both triangles are updated, so an exactly symmetric ``out`` stays so.
+            False: only the upper triangle (diagonal included) is guaranteed; the lower one is
+            stale (only the diagonal tiles write theirs); mirror once after the last call
+            (``slicekit.ops.symmetrize_``).
+        tma: force TMA loads on (where eligible) or off; None picks them when eligible.
         chunk_rows: rows summed in the fp32 MMA accumulator between flushes (multiple of 64;
             default ``CHUNK_ROWS``). Larger is faster and less accurate; for benchmarks only.
         config: launch this triton.Config instead of autotuning (benchmarks sweeping chunk_rows).
 
     Returns:
-        ``out``, updated in place and exactly symmetric.
+        ``out``, updated in place.
 
     Equivalent to: ``slicekit.ops.covariance.covariance_ref``.
     """
@@ -266,28 +302,51 @@ def covariance_triton(
         return out
     if x.stride(1) != 1:
         x = x.contiguous()
-    if mask is not None and not mask.is_contiguous():
-        mask = mask.contiguous()
+    use_tma = tma_eligible(x) if tma is None else bool(tma) and tma_eligible(x)
+    if mask is not None:
+        if use_tma:
+            # TMA streams whole panels: gather the kept rows instead of predicating the loads.
+            x = x[mask.bool()]
+            mask = None
+            if x.shape[0] == 0:
+                return out
+            use_tma = tma_eligible(x)
+        elif not mask.is_contiguous():
+            mask = mask.contiguous()
     target = out if out.stride(1) == 1 else out.contiguous()
+    for start in range(0, x.shape[0], LAUNCH_ROWS):
+        seg = x[start:start + LAUNCH_ROWS]
+        seg_mask = None if mask is None else mask[start:start + LAUNCH_ROWS]
+        _launch(seg, seg_mask, target, use_tma, symmetric, chunk, config)
+    if target is not out:
+        out.copy_(target)
+    return out
 
+
+def _launch(x, mask, out, use_tma, symmetric, chunk, config):
+    n, d = x.shape
     interpret_bf16 = _INTERPRET and x.dtype == torch.bfloat16
+    cfg = None
+    if config is not None or not (_INTERPRET or n * d * d >= _AUTOTUNE_MIN_WORK):
+        # Small problems: a fixed config. Autotuning costs a compile per config and key, which
+        # only pays off for the large calibration shapes.
+        cfg = config or _SMALL_CONFIG
+    desc = x
+    if use_tma:
+        block = [cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_M"]] if cfg is not None else [32, 32]
+        desc = TensorDescriptor.from_tensor(x, block_shape=block)  # the autotuner's pre-hook resizes it
 
     def grid(meta):
         t = triton.cdiv(d, meta["BLOCK_M"])
         return (t * (t + 1) // 2,)
 
-    args = (x, mask if mask is not None else x, target, n, d, _n_bucket(n), x.stride(0), target.stride(0))
-    meta = dict(HAS_MASK=mask is not None, IEEE_FP32=x.dtype == torch.float32 or interpret_bf16,
-                INTERPRET_BF16=interpret_bf16, CHUNK_ROWS=chunk, MID_CHUNKS=MID_CHUNKS)
+    args = (x, desc, mask if mask is not None else x, out, n, d, _n_bucket(n), x.stride(0), out.stride(0))
+    meta = dict(HAS_MASK=mask is not None, USE_TMA=use_tma, MIRROR=symmetric,
+                IEEE_FP32=x.dtype == torch.float32 or interpret_bf16, INTERPRET_BF16=interpret_bf16,
+                CHUNK_ROWS=chunk)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        if config is None and (_INTERPRET or n * d * d >= _AUTOTUNE_MIN_WORK):
+        if cfg is None:
             _covariance_kernel[grid](*args, **meta)
         else:
-            # Small problems: a fixed config. Autotuning costs a compile per config and key, which
-            # only pays off for the large calibration shapes.
-            cfg = config or _SMALL_CONFIG
-            _covariance_kernel.fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if target is not out:
-        out.copy_(target)
-    return out
-
+            _covariance_kernel.fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                                        num_stages=cfg.num_stages)

@@ -13,6 +13,7 @@ The caller's model is never modified: the sliced model is a new object.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 from .adapters import Adapter, get_adapter, norm_params
 from .calibration import CalibrationError, capture_first_layer_inputs, make_batches
 from .modules import SlicedDecoderLayer, TiedHead
-from .ops import covariance, resolve_backend, rotate_slice
+from .ops import covariance, resolve_backend, rotate_slice, symmetrize_
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
 from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton, tie_head
@@ -62,9 +63,14 @@ class _Clock:
 
     def __post_init__(self):
         self.totals: dict[str, float] = {}
+        self._open = False
 
     @contextmanager
     def __call__(self, stage: str):
+        if self._open:  # nested: the enclosing stage already counts this time
+            yield
+            return
+        self._open = True
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
@@ -74,6 +80,7 @@ class _Clock:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - t0
+            self._open = False
 
 
 class _Slicer:
@@ -103,6 +110,12 @@ class _Slicer:
         self.fast = device.type == "cuda" and resolve_backend("covariance_accumulate", backend, device) != "torch"
         if self.fast:
             self.work_dtype = self.dtype
+        # Fast path: the skip-connection changes of basis (x Q_k^T, x Q_k) through the rotate-and-
+        # slice kernel (Q as a hi + lo pair, one rounding) instead of an fp16 GEMM with Q rounded to
+        # fp16 (an extra error as large as fp16 storage itself, at every residual position).
+        # SLICEKIT_SIGNALS=fp16 restores the plain GEMM (benchmarks/slicing_pipeline.py compares).
+        self.split_signals = self.fast and self.dtype in (torch.float16, torch.bfloat16) and \
+            os.environ.get("SLICEKIT_SIGNALS", "split") != "fp16"
         self.centre = adapter.norm == "layernorm"
         self.clock = _Clock(device)
         self.evr: list[float] = []
@@ -121,6 +134,8 @@ class _Slicer:
         # Runs of share_basis consecutive positions share one basis (identity shortcuts inside a run).
         self.share = int(share_basis)
         self.kws = kws
+        # id(original tensor) -> (tensor, its copy on the compute device), for the current layer only
+        self._resident: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- rotations -------------------------------------------------------------------------
     def moment(self, signals: list[torch.Tensor], position: int, what: str) -> torch.Tensor:
@@ -130,7 +145,8 @@ class _Slicer:
             for x, m in zip(signals, self.masks):
                 if self.normalize_tokens:
                     x = unit_rms(x)
-                covariance(x, m, cov, backend=self.backend)
+                covariance(x, m, cov, backend=self.backend, symmetric=False)
+            symmetrize_(cov)
         if not bool(torch.isfinite(cov).all()):
             raise NonFiniteActivationsError(
                 f"NaN/Inf activations at residual position {position} ({what}); the model produces non-finite "
@@ -219,7 +235,26 @@ class _Slicer:
 
     # -- weights -----------------------------------------------------------------------------
     def _w(self, t: torch.Tensor) -> torch.Tensor:
+        cached = self._resident.get(id(t))
+        if cached is not None and cached[0] is t:
+            return cached[1]
         return t.detach().to(self.device)
+
+    def load_layer(self, layer: nn.Module) -> None:
+        """Copy one original layer's tensors to the compute device, once.
+
+        The model may live in CPU RAM; without this, every calibration batch would copy the
+        writers' weights again (``written``): 16 batches x 122 MB per LLaMA-2-7B layer.
+        """
+        self._resident = {}
+        if all(p.device == self.device for p in layer.parameters()):
+            return
+        with self.clock("transfer"):
+            for p in layer.parameters():
+                self._resident[id(p)] = (p, p.detach().to(self.device, non_blocking=True))
+
+    def unload_layer(self) -> None:
+        self._resident = {}
 
     def reader(self, linear: nn.Module, norm: nn.Module, q: torch.Tensor, k: int):
         """(W diag(gamma) Q)[:, :k] and b + W beta for a module reading the normed stream."""
@@ -263,10 +298,20 @@ class _Slicer:
     # -- signals -------------------------------------------------------------------------------
     def to_full(self, x: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
         """Map a sliced stream back to the original basis: x Q[:, :k]^T (what the skip carries)."""
+        if self.split_signals:
+            return self._rotate_signals(x, q[:, :k].T, self.d)
         return x.to(self.work_dtype) @ q[:, :k].T.to(self.work_dtype)
 
     def to_sliced(self, x_full: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+        if self.split_signals:
+            return self._rotate_signals(x_full, q, k)
         return (x_full.to(self.work_dtype) @ q[:, :k].to(self.work_dtype)).to(self.dtype)
+
+    def _rotate_signals(self, x: torch.Tensor, basis: torch.Tensor, k: int) -> torch.Tensor:
+        """(x @ basis)[..., :k] rounded once to the model dtype, the basis kept to ~2^-22 (hi/lo split)."""
+        with self.clock("forward"):
+            flat = rotate_slice(x.reshape(-1, x.shape[-1]), basis, k, dim=1, out_dtype=self.dtype, backend=self.backend)
+        return flat.reshape(*x.shape[:-1], k)
 
     def written(self, h: torch.Tensor, linear: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
         """A writer's contribution in the original (unrotated) basis, centred for LayerNorm models."""
@@ -736,8 +781,13 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
         bar = _progress(len(layers), progress, f"slicing {adapter.name} ({d} -> {min(dims)}..{max(dims)})")
         for i, layer in enumerate(layers):
             new_layer: SlicedDecoderLayer = adapter.layers(sliced)[i]
-            xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
-            new_layer.to(model_device)
+            s.load_layer(layer)
+            try:
+                xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
+            finally:
+                s.unload_layer()
+            with s.clock("transfer"):
+                new_layer.to(model_device)
             bar.update(1)
         bar.close()
 

@@ -235,8 +235,7 @@ def test_non_contiguous_out(device, backend):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("chunk_rows", [64, 128, 1 << 20])
 def test_triton_flush_every_chunk(device, backend, dtype, chunk_rows):
-    """Short chunks run both in-loop flushes (acc -> mid every chunk, mid -> hi every MID_CHUNKS
-    chunks: 64 * 16 = 1024 rows); 1 << 20 never flushes."""
+    """Short chunks flush acc -> mid many times per launch; 1 << 20 never flushes."""
     from slicekit.kernels.covariance import covariance_triton
 
     n, d = 1100, 40
@@ -252,6 +251,88 @@ def test_triton_flush_every_chunk(device, backend, dtype, chunk_rows):
         assert rel_err(out, reference(x, m)) <= 5e-5
     with pytest.raises(ValueError, match="multiple of 64"):
         covariance_triton(x, None, zeros(d, device), chunk_rows=100)
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_triton_tma_and_pointer_loads(device, backend, dtype, masked):
+    """Both load paths (TMA descriptor; pointer loads with the mask in the predicates) against float64;
+    with a mask the TMA path gathers the kept rows first."""
+    from slicekit.kernels import covariance as kcov
+
+    n, d = 333, 48  # 48 columns: 96-byte rows, TMA-eligible; N not a multiple of any block
+    x = activations(n, d, dtype, device)
+    m = random_mask(n, device) if masked else None
+    ref = reference(x, m)
+    if device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        assert not kcov.tma_eligible(x)
+    elif kcov.TensorDescriptor is not None:
+        assert kcov.tma_eligible(x)
+    for tma in (True, False):
+        out = kcov.covariance_triton(x, m, zeros(d, device), tma=tma)
+        check(out, ref, dtype, f"tma={tma}")
+    odd = activations(n, 7, dtype, device)  # 14-byte rows cannot be described to TMA
+    assert not kcov.tma_eligible(odd) and not kcov.tma_eligible(x.float())
+    check(kcov.covariance_triton(odd, None, zeros(7, device), tma=True), reference(odd, None), dtype, "odd d")
+
+
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointer"])
+def test_triton_long_inputs_split_into_launches(device, backend, tma, monkeypatch):
+    """Inputs longer than LAUNCH_ROWS go in several launches, each adding into the float64 C."""
+    from slicekit.kernels import covariance as kcov
+
+    monkeypatch.setattr(kcov, "LAUNCH_ROWS", 64)
+    n, d = 300, 24
+    x = activations(n, d, torch.float16, device)
+    m = random_mask(n, device)
+    for mask in (None, m):
+        out = kcov.covariance_triton(x, mask, zeros(d, device), tma=tma)
+        check(out, reference(x, mask), torch.float16, f"5 launches, mask={mask is not None}")
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointer"])
+def test_upper_triangle_stream_then_symmetrize(device, backend, tma):
+    """symmetric=False: the upper triangle (diagonal included) accumulates; the Triton kernel skips
+    the mirror writes (a lower element outside the diagonal tiles stays as it was; other backends
+    may write it); symmetrize_ finishes the stream."""
+    from slicekit.ops import symmetrize_
+
+    if backend != "triton" and not tma:
+        pytest.skip("the load path is a Triton option")
+    n, d = 200, 80  # tiles of at most 64: element (79, 0) lies in an off-diagonal lower tile
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(d, d, generator=g, dtype=torch.float64)
+    start = (start + start.T).to(device)
+    out = start.clone()
+    batches = [activations(n, d, torch.float16, device, seed=s) for s in range(3)]
+    masks = [random_mask(n, device, seed=s) for s in range(3)]
+    for x, m in zip(batches, masks):
+        if backend == "triton":
+            from slicekit.kernels.covariance import covariance_triton
+
+            covariance_triton(x, m, out, symmetric=False, tma=tma)
+        else:
+            covariance(x, m, out, backend=backend, symmetric=False)
+    if backend == "triton":
+        assert out[d - 1, 0] == start[d - 1, 0], "the mirror must not be written"
+    ref = start.cpu().clone()
+    for x, m in zip(batches, masks):
+        ref = ref + reference(x, m)
+    upper = torch.triu(torch.ones(d, d, dtype=torch.bool))
+    assert ((out.cpu() - ref)[upper].norm() / ref[upper].norm()) <= 1e-6
+    symmetrize_(out)
+    assert torch.equal(out, out.T)
+    assert rel_err(out, ref) <= 1e-6
+
+
+def test_symmetrize_rejects_non_square():
+    from slicekit.ops import symmetrize_
+
+    with pytest.raises(ValueError, match="square"):
+        symmetrize_(torch.zeros(3, 4, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
