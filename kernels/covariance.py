@@ -18,15 +18,17 @@ in fp32, so all the error is in the sums:
     assumption about Hopper) on outlier-channel data at N = 65536 gives ~2.4e-4 for one
     accumulator over all rows (cuBLAS's fp32-output GEMM has the same problem), 1.3e-6 when it
     is restarted every 512 rows, 6e-7 every 256 rows, 3e-7 every 128 rows.
-  * Two fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 256 rows and is
+  * Two fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 128 rows and is
     then added into `mid` with round-to-nearest CUDA-core adds (unbiased) and cleared. At the end
     mid + acc is formed in float64 and added into C. `mid` sums at most LAUNCH_ROWS / CHUNK_ROWS
-    = 128 chunk results: the wrapper cuts longer inputs into launches of LAUNCH_ROWS rows, so
-    the round-to-nearest error of `mid` stays ~sqrt(128) * 2^-24 (measured on the H200 at
-    N = 16384: 9.10e-7 total against 9.01e-7 with a third, Fast2Sum-compensated tile -- the
-    truncation inside each chunk dominates). A third tile would cost 64 more registers per thread,
-    which the H200 pays with ~8% of the time (covariance_variants.json); one extra float64
-    read-modify-write of the upper triangle per 32768 rows costs ~4%.
+    = 256 chunk results: the wrapper cuts longer inputs into launches of LAUNCH_ROWS rows, so the
+    round-to-nearest error of `mid` stays ~sqrt(256) * 2^-24. Measured on the H200 at N = 16384,
+    256-row chunks: 9.10e-7 total with `mid` alone against 9.01e-7 with a third, Fast2Sum-
+    compensated tile -- the truncation inside each chunk dominates, and at d = 1 (one sum, no
+    averaging over elements) it reached 1.015e-6, hence 128-row chunks (~half the truncation).
+    A third tile would cost 64 more registers per thread, which the H200 pays with ~8% of the
+    time (covariance_variants.json); one extra float64 read-modify-write of the upper triangle
+    per 32768 rows costs ~4%.
   * Rejected: a read-modify-write of the float64 tile in global memory every chunk, or split-K
     over row chunks with float64 atomics: 16 bytes per output element per chunk, GBs per call
     at d = 4096, memory-bound unless chunks are thousands of rows long, which precision forbids.
@@ -63,7 +65,7 @@ except ImportError:  # pragma: no cover - older triton: pointer loads only
 
 # Rows summed in the MMA accumulator between flushes into `mid` (error grows linearly with it,
 # see the module docstring). SLICEKIT_COV_CHUNK_ROWS overrides it for experiments (a multiple of 64).
-CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "256"))
+CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "128"))
 # Rows per launch: bounds how many chunk results `mid` sums in fp32 before C takes them in float64.
 LAUNCH_ROWS = 32768
 
