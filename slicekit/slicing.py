@@ -28,7 +28,6 @@ from .ops import covariance, resolve_backend, rotate_slice, symmetrize_
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
 from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton, tie_head
-from .transfer import LayerMover
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -241,13 +240,18 @@ class _Slicer:
             return cached[1]
         return t.detach().to(self.device)
 
-    def use_layer(self, resident) -> None:
-        """Serve ``_w`` for the current original layer from these device copies (``LayerMover.take``).
+    def load_layer(self, layer: nn.Module) -> None:
+        """Copy one original layer's tensors to the compute device, once.
 
-        The model may live in CPU RAM; without them, every calibration batch would copy the
+        The model may live in CPU RAM; without this, every calibration batch would copy the
         writers' weights again (``written``): 16 batches x 122 MB per LLaMA-2-7B layer.
         """
-        self._resident = resident
+        self._resident = {}
+        if all(p.device == self.device for p in layer.parameters()):
+            return
+        with self.clock("transfer"):
+            for p in layer.parameters():
+                self._resident[id(p)] = (p, p.detach().to(self.device, non_blocking=True))
 
     def unload_layer(self) -> None:
         self._resident = {}
@@ -776,24 +780,18 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
         xs = [s.to_sliced(x, q, dims[0]) for x in xs]
 
         bar = _progress(len(layers), progress, f"slicing {adapter.name} ({d} -> {min(dims)}..{max(dims)})")
-        mover = LayerMover(device)
-        try:
-            mover.prefetch(layers[0])
-            for i, layer in enumerate(layers):
-                new_layer: SlicedDecoderLayer = adapter.layers(sliced)[i]
-                with s.clock("transfer"):  # only what the previous layer's compute did not hide
-                    s.use_layer(mover.take())
-                if i + 1 < len(layers):
-                    mover.prefetch(layers[i + 1])
-                try:
-                    xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
-                finally:
-                    s.unload_layer()
-                mover.offload(new_layer, model_device)
-                bar.update(1)
-        finally:
+        for i, layer in enumerate(layers):
+            new_layer: SlicedDecoderLayer = adapter.layers(sliced)[i]
+            s.load_layer(layer)
+            try:
+                xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
+            finally:
+                s.unload_layer()
+            # In line, deliberately: overlapping these pageable copies with the compute (a worker
+            # thread on a side stream) was measured to gain nothing -- see README, slicing pipeline.
             with s.clock("transfer"):
-                mover.close()
+                new_layer.to(model_device)
+            bar.update(1)
         bar.close()
 
         final_norm = adapter.final_norm(model)

@@ -191,17 +191,3 @@ def test_load_rejects_plain_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a slicekit folder"):
         slicekit.load_sliced(str(tmp_path))
 
-
-def test_layer_mover_in_line_on_cpu():
-    """Off CUDA the mover copies in line; nothing to copy when the layer already lives on the device."""
-    from slicekit.transfer import LayerMover
-
-    mover = LayerMover(torch.device("cpu"))
-    assert mover.take() == {}
-    layer = torch.nn.Linear(4, 4)
-    mover.prefetch(layer)
-    with pytest.raises(RuntimeError, match="never taken"):
-        mover.prefetch(layer)
-    assert mover.take() == {}
-    mover.offload(layer, torch.device("cpu"))
-    mover.close()
