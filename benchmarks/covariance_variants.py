@@ -26,33 +26,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import bench_ms, markdown_table, require_cuda, write_results  # noqa: E402
 
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # triton < 3.4
-    TensorDescriptor = None
-
-
-@triton.jit
-def _tile_of(pid, d, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
-    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
-    i0 = pid * 0
-    rem = pid
-    g = tl.minimum(num_t, GROUP_M)
-    band = g * (g + 1) // 2 + g * (num_t - g)
-    while rem >= band:
-        rem -= band
-        i0 += GROUP_M
-        g = tl.minimum(num_t - i0, GROUP_M)
-        band = g * (g + 1) // 2 + g * (num_t - i0 - g)
-    tri = g * (g + 1) // 2
-    c = ((tl.sqrt((8 * rem + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-    c = tl.where((c + 1) * (c + 2) // 2 <= rem, c + 1, c)
-    c = tl.where(c * (c + 1) // 2 > rem, c - 1, c)
-    rect = rem - tri
-    g_safe = tl.maximum(g, 1)
-    tile_i = tl.where(rem < tri, i0 + rem - c * (c + 1) // 2, i0 + rect % g_safe)
-    tile_j = tl.where(rem < tri, i0 + c, i0 + g + rect // g_safe)
-    return tile_i, tile_j
+from slicekit.kernels.covariance import TensorDescriptor, upper_tile  # noqa: E402  (same tile order)
 
 
 @triton.jit
@@ -63,7 +37,7 @@ def _variant_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    tile_i, tile_j = _tile_of(pid, d, BLOCK_M, GROUP_M)
+    tile_i, tile_j = upper_tile(pid, d, BLOCK_M, GROUP_M)
     offs_i = tile_i * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = tile_j * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)

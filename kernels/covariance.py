@@ -90,8 +90,9 @@ def _configs():
                               pre_hook=_set_block_shape)]
     configs = []
     # 128 x 128 tiles, 8 warps: two fp32 tiles (acc, mid) at 64 registers each per thread.
-    # Measured on the H200 (covariance_variants.json): BLOCK_K = 64 with 4-5 stages is best.
-    for block_k, stages, group in ((64, 4, 8), (64, 5, 8), (64, 3, 8), (32, 4, 8), (64, 4, 16)):
+    # Measured on the H200 (covariance_variants.json, the autotuner's picks in covariance.json):
+    # BLOCK_K = 64 with 3-5 stages; BLOCK_K = 32 never won, so it is not timed (cold-start cost).
+    for block_k, stages, group in ((64, 4, 8), (64, 5, 8), (64, 3, 8), (64, 4, 16)):
         configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_K": block_k, "GROUP_M": group},
                                      num_warps=8, num_stages=stages, pre_hook=_set_block_shape))
     # 64 x 64 tiles: 4x the tiles, for small d where 128-tiles leave SMs idle (d = 2048: 136 tiles),
@@ -122,6 +123,36 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs
 
 
+@triton.jit
+def upper_tile(pid, d, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> upper-triangle tile (I, J), I <= J, of a d x d result in BLOCK_M tiles.
+
+    Bands of GROUP_M tile-rows; inside a band a GROUP_M-row triangle, then full columns of GROUP_M,
+    so programs that run together share panels in L2. `pid * 0` makes every loop-carried value a
+    tensor even when d == 1 is specialised to a constant.
+    """
+    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
+    i0 = pid * 0
+    rem = pid
+    g = tl.minimum(num_t, GROUP_M)
+    band = g * (g + 1) // 2 + g * (num_t - g)
+    while rem >= band:
+        rem -= band
+        i0 += GROUP_M
+        g = tl.minimum(num_t - i0, GROUP_M)
+        band = g * (g + 1) // 2 + g * (num_t - i0 - g)
+    tri = g * (g + 1) // 2
+    # In the triangle, column c holds c + 1 tiles: invert c (c + 1) / 2 <= rem, then fix rounding.
+    c = ((tl.sqrt((8 * rem + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    c = tl.where((c + 1) * (c + 2) // 2 <= rem, c + 1, c)
+    c = tl.where(c * (c + 1) // 2 > rem, c - 1, c)
+    rect = rem - tri
+    g_safe = tl.maximum(g, 1)
+    tile_i = tl.where(rem < tri, i0 + rem - c * (c + 1) // 2, i0 + rect % g_safe)
+    tile_j = tl.where(rem < tri, i0 + c, i0 + g + rect // g_safe)
+    return tile_i, tile_j
+
+
 @triton.autotune(
     configs=_configs(),
     key=["d", "n_bucket", "HAS_MASK", "USE_TMA", "MIRROR", "CHUNK_ROWS"],
@@ -145,28 +176,7 @@ def _covariance_kernel(
 ):
     pid = tl.program_id(0)
     # n_bucket only keys the autotuner (N rounded to a power of two).
-    # ---- program id -> upper-triangle tile (I, J), I <= J --------------------------------------
-    # Bands of GROUP_M tile-rows; inside a band a GROUP_M-row triangle, then full columns of GROUP_M.
-    # `pid * 0` makes every loop-carried value a tensor even when d == 1 is specialised to a constant.
-    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
-    i0 = pid * 0
-    rem = pid
-    g = tl.minimum(num_t, GROUP_M)
-    band = g * (g + 1) // 2 + g * (num_t - g)
-    while rem >= band:
-        rem -= band
-        i0 += GROUP_M
-        g = tl.minimum(num_t - i0, GROUP_M)
-        band = g * (g + 1) // 2 + g * (num_t - i0 - g)
-    tri = g * (g + 1) // 2
-    # In the triangle, column c holds c + 1 tiles: invert c (c + 1) / 2 <= rem, then fix rounding.
-    c = ((tl.sqrt((8 * rem + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-    c = tl.where((c + 1) * (c + 2) // 2 <= rem, c + 1, c)
-    c = tl.where(c * (c + 1) // 2 > rem, c - 1, c)
-    rect = rem - tri
-    g_safe = tl.maximum(g, 1)
-    tile_i = tl.where(rem < tri, i0 + rem - c * (c + 1) // 2, i0 + rect % g_safe)
-    tile_j = tl.where(rem < tri, i0 + c, i0 + g + rect // g_safe)
+    tile_i, tile_j = upper_tile(pid, d, BLOCK_M, GROUP_M)
 
     offs_i = tile_i * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = tile_j * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -22,6 +22,13 @@ BT=${BENCH_TIMEOUT:-120}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$LOG/nvidia_smi.txt" 2>&1
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))" | tee "$LOG/versions.txt"
 
+# A fresh machine has no slicekit installed: without a build stage, install it as pure Python
+# (the Triton kernels map themselves from the checkout), so benchmark stages can import it.
+case " $* " in *" build "*) ;; *)
+  python3 -c "import slicekit" 2>/dev/null || SLICEKIT_SKIP_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/install.log" 2>&1
+  python3 -c "import slicekit; print('slicekit from', slicekit.__file__)" ;;
+esac
+
 for stage in "$@"; do
   name=${stage%%:*}; args=""; [ "$name" != "$stage" ] && args=$(echo "${stage#*:}" | tr ',' ' ')
   case "$name" in

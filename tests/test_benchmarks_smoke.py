@@ -267,9 +267,10 @@ def _no_gpu_env():
     return env
 
 
-@pytest.mark.parametrize("script", ["sliced_gemm.py", "e2e_latency.py"])
-def test_gpu_script_refuses_without_gpu(script):
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick"], env=_no_gpu_env(),
+@pytest.mark.parametrize("script,args", [("sliced_gemm.py", ["--quick"]), ("e2e_latency.py", ["--quick"]),
+                                         ("covariance_variants.py", []), ("eigh_backends.py", [])])
+def test_gpu_script_refuses_without_gpu(script, args):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], env=_no_gpu_env(),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0
     assert "no CUDA GPU" in proc.stderr and script in proc.stderr
