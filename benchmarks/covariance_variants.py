@@ -1,8 +1,8 @@
 """Where the Triton covariance kernel loses time: variants of its main loop and epilogue, timed side by side.
 
-Exploration, not the shipped kernel (kernels/covariance.py). Each variant switches one thing:
+Exploration (it led to the shipped kernel in kernels/covariance.py). Each variant switches one thing:
 
-  base        the shipped kernel's structure: pointer loads, three fp32 tiles, float64 read-modify-write
+  base        the kernel's earlier structure: pointer loads, three fp32 tiles, float64 read-modify-write
               of the tile AND its mirror
   upper       only the upper-triangle tiles are written (the mirror is formed once at the end)
   upper_tma   + TMA loads through a host-side tensor descriptor (no per-thread address math)
