@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .transfer import to_device
+
 
 class CalibrationError(ValueError):
     """The calibration data cannot support the requested slicing."""
@@ -119,7 +121,7 @@ def capture_first_layer_inputs(model: nn.Module, layers: nn.ModuleList, batches:
                 pass
             if "x" not in captured:
                 raise RuntimeError("the model never called its first decoder layer; is it a decoder-only *ForCausalLM?")
-            inputs.append(captured["x"].to(device))
+            inputs.append(to_device([captured["x"]], device)[0])
             kw = _to(captured["kw"], device)
             kw["use_cache"] = False
             kwargs.append(kw)

@@ -28,6 +28,7 @@ from .ops import covariance, resolve_backend, rotate_slice, symmetrize_
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
 from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton, tie_head
+from .transfer import move_module, to_device, to_host
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -250,8 +251,9 @@ class _Slicer:
         if all(p.device == self.device for p in layer.parameters()):
             return
         with self.clock("transfer"):
-            for p in layer.parameters():
-                self._resident[id(p)] = (p, p.detach().to(self.device, non_blocking=True))
+            params = list(layer.parameters())
+            for p, copy in zip(params, to_device(params, self.device)):
+                self._resident[id(p)] = (p, copy)
 
     def unload_layer(self) -> None:
         self._resident = {}
@@ -775,7 +777,7 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
             qk = s.writer_basis(q, dims[0])  # embeddings write the stream: centre them like writers
             with s.clock("rotate_slice"):
                 w = rotate_slice(s._w(emb.weight), qk, dims[0], dim=1, out_dtype=s.dtype, backend=backend)
-            emb_new.weight = nn.Parameter(w.to(model_device))
+            emb_new.weight = nn.Parameter(_tensor_to(w, model_device))
         tie_head(sliced, adapter)
         xs = [s.to_sliced(x, q, dims[0]) for x in xs]
 
@@ -787,10 +789,10 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
                 xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
             finally:
                 s.unload_layer()
-            # In line, deliberately: overlapping these pageable copies with the compute (a worker
-            # thread on a side stream) was measured to gain nothing -- see README, slicing pipeline.
+            # In line, deliberately: overlapping these copies with the compute (a worker thread on
+            # a side stream) was measured to gain nothing -- see README, slicing pipeline.
             with s.clock("transfer"):
-                new_layer.to(model_device)
+                move_module(new_layer, model_device)
             bar.update(1)
         bar.close()
 
@@ -799,14 +801,14 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
             mix, bias, mean_in, mean_out = s.tied_head(adapter.lm_head(model), final_norm,
                                                        adapter.embeddings(model)[0].weight, q, dims[-1])
             head: TiedHead = sliced.lm_head
-            head.mix = nn.Parameter(mix.to(model_device))
+            head.mix = nn.Parameter(_tensor_to(mix, model_device))
             for name, t in (("bias", bias), ("mean_in", mean_in), ("mean_out", mean_out)):
                 if t is not None:
-                    setattr(head, name, nn.Parameter(t.to(model_device)))
+                    setattr(head, name, nn.Parameter(_tensor_to(t, model_device)))
         else:
             # The head reads the final normed stream: gamma (and beta) fold into it like any reader.
             w, b = s.reader(adapter.lm_head(model), final_norm, q, dims[-1])
-            _assign_linear(sliced.lm_head, w.to(model_device), None if b is None else b.to(model_device))
+            _assign_linear(sliced.lm_head, _tensor_to(w, model_device), None if b is None else _tensor_to(b, model_device))
         del xs
     except BaseException:
         del sliced
@@ -901,6 +903,10 @@ def _slice_layer(s: _Slicer, i: int, layer: nn.Module, new: SlicedDecoderLayer, 
     if not shared:
         new.mlp_shortcut = nn.Parameter(s.shortcut(q_mid, k_mid, q_out, k_out))
     return [s.to_sliced(o, q_out, k_out) for o in outs], q_out
+
+
+def _tensor_to(t: torch.Tensor, model_device: torch.device) -> torch.Tensor:
+    return to_host([t])[0] if model_device.type == "cpu" else t.to(model_device)
 
 
 def _move_real(module: nn.Module, device: torch.device) -> None:
