@@ -25,8 +25,8 @@ python3 -c "import torch, triton, transformers; print('torch', torch.__version__
 # A fresh machine has no slicekit installed: without a build stage, install it as pure Python
 # (the Triton kernels map themselves from the checkout), so benchmark stages can import it.
 case " $* " in *" build "*) ;; *)
-  python3 -c "import slicekit" 2>/dev/null || SLICEKIT_SKIP_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/install.log" 2>&1
-  python3 -c "import slicekit; print('slicekit from', slicekit.__file__)" ;;
+  (cd / && python3 -c "import slicekit" 2>/dev/null) || SLICEKIT_SKIP_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . > "$LOG/install.log" 2>&1
+  (cd / && python3 -c "import slicekit; print('slicekit from', slicekit.__file__)") ;;
 esac
 
 for stage in "$@"; do
