@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import autotune_cache_kwargs
+
 try:  # host-side TMA descriptors: triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older triton: pointer loads only
@@ -75,31 +77,36 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _AUTOTUNE_MIN_WORK = 1 << 34
 
 
-def _set_block_shape(nargs):
-    """Autotuner pre-hook: the TMA descriptor's box is the config's [BLOCK_K, BLOCK_M] panel."""
-    desc = nargs["X_desc"]
-    if TensorDescriptor is not None and isinstance(desc, TensorDescriptor):
-        desc.block_shape = [nargs["BLOCK_K"], nargs["BLOCK_M"]]
+def tma_block(d: int) -> list[int]:
+    """The TMA box [BLOCK_K, BLOCK_M] for a d-wide input: one per launch, set before autotuning.
+
+    The descriptor is built on the host with a fixed box, so the autotuner only times configs of
+    that tile shape (no per-config pre-hook resizing it, which would keep Triton from caching the
+    autotuner's choice on disk). 128-wide tiles from d = 4096 on (the autotuner's pick there on the
+    H200 when it could choose, covariance.json), 64-wide below (its pick at d = 2048).
+    """
+    if _INTERPRET:
+        return [32, 32]
+    return [64, 128] if d >= 4096 else [64, 64]
 
 
 def _configs():
     if _INTERPRET:
         # One small config: the interpreter runs every program in numpy, and autotuning would run
         # them all. GROUP_M = 2 exercises the band enumeration on the small d of the CPU tests.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1,
-                              pre_hook=_set_block_shape)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)]
     configs = []
     # 128 x 128 tiles, 8 warps: two fp32 tiles (acc, mid) at 64 registers each per thread.
     # Measured on the H200 (covariance_variants.json, the autotuner's picks in covariance.json):
     # BLOCK_K = 64 with 3-5 stages; BLOCK_K = 32 never won, so it is not timed (cold-start cost).
     for block_k, stages, group in ((64, 4, 8), (64, 5, 8), (64, 3, 8), (64, 4, 16)):
         configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_K": block_k, "GROUP_M": group},
-                                     num_warps=8, num_stages=stages, pre_hook=_set_block_shape))
+                                     num_warps=8, num_stages=stages))
     # 64 x 64 tiles: 4x the tiles, for small d where 128-tiles leave SMs idle (d = 2048: 136 tiles),
     # and for Ampere, where mma.sync operands live in registers too and 128-tiles spill.
     for block_k, stages in ((64, 3), (64, 4), (32, 4), (32, 2)):
         configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_K": block_k, "GROUP_M": 8},
-                                     num_warps=4, num_stages=stages, pre_hook=_set_block_shape))
+                                     num_warps=4, num_stages=stages))
     return configs
 
 
@@ -120,6 +127,11 @@ def _prune_configs(configs, named_args, **kwargs):
     kept = [c for c in configs if c.num_stages >= 3]
     if named_args.get("d", 0) >= 4096:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] == 128]
+    desc = named_args.get("X_desc")
+    if TensorDescriptor is not None and isinstance(desc, TensorDescriptor):  # TMA: the box is fixed
+        box = list(desc.block_shape)
+        kept = [c for c in kept if [c.kwargs["BLOCK_K"], c.kwargs["BLOCK_M"]] == box]
+        return kept or [c for c in configs if [c.kwargs["BLOCK_K"], c.kwargs["BLOCK_M"]] == box]
     return kept or configs
 
 
@@ -159,6 +171,7 @@ def upper_tile(pid, d, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
     prune_configs_by={"early_config_prune": _prune_configs},
     # Autotuning runs the kernel several times; the accumulator must not keep those sums.
     restore_value=["Out_ptr"],
+    **autotune_cache_kwargs(),
 )
 @triton.heuristics({
     "EVEN_N": lambda args: args["N"] % args["BLOCK_K"] == 0,
@@ -345,8 +358,8 @@ def _launch(x, mask, out, use_tma, symmetric, chunk, config):
         cfg = config or _SMALL_CONFIG
     desc = x
     if use_tma:
-        block = [cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_M"]] if cfg is not None else [32, 32]
-        desc = TensorDescriptor.from_tensor(x, block_shape=block)  # the autotuner's pre-hook resizes it
+        block = [cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_M"]] if cfg is not None else tma_block(d)
+        desc = TensorDescriptor.from_tensor(x, block_shape=block)
 
     def grid(meta):
         t = triton.cdiv(d, meta["BLOCK_M"])

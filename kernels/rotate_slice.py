@@ -59,6 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import autotune_cache_kwargs
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Two work-arounds for Triton's CPU interpreter, so that interpreted results equal compiled ones:
 # it multiplies bfloat16 tiles as raw integers (widening both tiles to fp32 first is exact, and so
@@ -171,6 +173,7 @@ def _round_to(x, dtype: tl.constexpr):
     configs=list({_signature(c): c for c in _CONFIGS_16 + _CONFIGS_32}.values()),
     key=["M", "N", "K", "SPLIT", "FLUSH"],
     prune_configs_by={"early_config_prune": _prune_configs},
+    **autotune_cache_kwargs(),
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import autotune_cache_kwargs
 from .rotate_slice import _dot16, _round_to
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -106,6 +107,7 @@ def _prune_configs(configs, named_args, **kwargs):
     configs=_ALL_CONFIGS,
     key=["M_BUCKET", "K_IN", "N_H", "K_OUT"],
     prune_configs_by={"early_config_prune": _prune_configs},
+    **autotune_cache_kwargs(),
 )
 @triton.heuristics({
     "EVEN_KX": lambda args: args["K_IN"] % args["BLOCK_K"] == 0,
