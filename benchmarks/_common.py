@@ -81,14 +81,25 @@ def env_stamp() -> dict:
         stamp["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
     else:
         stamp["device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    try:
-        stamp["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10,
-        ).stdout.strip() or None
-    except Exception:
-        stamp["commit"] = None
+    stamp["commit"] = os.environ.get("SLICEKIT_COMMIT") or _git_commit()
     return stamp
+
+
+def _git_commit() -> str | None:
+    """Short HEAD, with "-dirty" when tracked files differ from it.
+
+    A copied working tree (the GPU machine gets one) may carry a stale .git: "-dirty" then says the
+    code measured is not HEAD; scripts/gpu_session.sh passes the real commit as SLICEKIT_COMMIT.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here, timeout=30).stdout.strip()
+    except Exception:
+        return None
+    return (head + "-dirty" if dirty else head) or None
 
 
 def bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> tuple[float, float, float]:

@@ -8,6 +8,7 @@
 #   wheel                    pip wheel --no-build-isolation --no-deps . and list what the wheel holds
 #   diag                     how a failing TORCH_CHECK in slicekit._C surfaces (scripts/diag_cxx_errors.py)
 # Writes logs to $OUT/gpu_logs (or /tmp/gpu_logs) and packs benchmarks/results + logs into $OUT/results.tgz.
+# The machine's copy of .git may be stale: pass SLICEKIT_COMMIT=<local HEAD> so results name the code measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
