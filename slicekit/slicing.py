@@ -311,9 +311,15 @@ class _Slicer:
             return (x_full.to(self.work_dtype) @ q[:, :k].to(self.work_dtype)).to(self.dtype)
 
     def _rotate_signals(self, x: torch.Tensor, basis: torch.Tensor, k: int) -> torch.Tensor:
-        """(x @ basis)[..., :k] rounded once to the model dtype, the basis kept to ~2^-22 (hi/lo split)."""
+        """(x @ basis)[..., :k] rounded once to the model dtype, the basis kept to ~2^-22 (hi/lo split).
+
+        Two accumulators (flush=False) in the Triton kernel: these maps feed second moments summed
+        over every calibration token, where a drift of a few % of a half-ulp is noise, and they
+        are the pipeline's largest GEMMs (4 per layer and batch).
+        """
         with self.clock("forward"):
-            flat = rotate_slice(x.reshape(-1, x.shape[-1]), basis, k, dim=1, out_dtype=self.dtype, backend=self.backend)
+            flat = rotate_slice(x.reshape(-1, x.shape[-1]), basis, k, dim=1, out_dtype=self.dtype,
+                                backend=self.backend, flush=False)
         return flat.reshape(*x.shape[:-1], k)
 
     def written(self, h: torch.Tensor, linear: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:

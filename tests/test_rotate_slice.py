@@ -271,6 +271,23 @@ def test_triton_dual_accumulators(device, backend):
             check(out, weight, q, k, dim, f"flush=False {dtype} dim={dim}")
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+def test_public_op_passes_flush(device, backend, monkeypatch):
+    """rotate_slice(..., flush=False) reaches the Triton kernel; other backends accept and ignore it."""
+    seen = []
+    if backend == "triton":
+        import slicekit.kernels.rotate_slice as kr
+
+        real = kr.rotate_slice_triton
+        monkeypatch.setattr(kr, "rotate_slice_triton", lambda *a, **kw: seen.append(kw.get("flush")) or real(*a, **kw))
+    d, m, k = 72, 40, 50
+    q = orthogonal(d).to(device)
+    weight = weight_of((m, d), torch.float16, device)
+    out = rotate_slice(weight, q, k, dim=1, backend=backend, flush=False)
+    check(out, weight, q, k, 1, f"public op flush=False via {backend}")
+    assert seen == ([False] if backend == "triton" else [])
+
+
 @pytest.mark.parametrize("device,backend", TRITON_CASES, ids=TRITON_IDS)
 def test_triton_rejects_integer_weight(device, backend):
     from slicekit.kernels.rotate_slice import rotate_slice_triton
