@@ -137,6 +137,15 @@ class _Slicer:
         self.kws = kws
         # id(original tensor) -> (tensor, its copy on the compute device), for the current layer only
         self._resident: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Framed signals (see to_full). Not with shared bases (the look-ahead runs original blocks on
+        # original-basis signals), nor where signals are combined in a wider dtype than the model's
+        # (fp16 models on the CPU/reference path: the framed writers would then need fp32 GEMMs over
+        # every token, dearer than the map they save). SLICEKIT_SIGNAL_FRAME=0 turns it off.
+        self.framed = (self.share == 1 and self.work_dtype == self.dtype
+                       and os.environ.get("SLICEKIT_SIGNAL_FRAME", "1") != "0")
+        self.frame: torch.Tensor | None = None  # the basis the current full-width signals are expressed in
+        self._framed_writers: dict = {}
+        self._sliced_basis = None
 
     # -- rotations -------------------------------------------------------------------------
     def moment(self, signals: list[torch.Tensor], position: int, what: str) -> torch.Tensor:
@@ -148,6 +157,8 @@ class _Slicer:
                     x = unit_rms(x)
                 covariance(x, m, cov, backend=self.backend, symmetric=False)
             symmetrize_(cov)
+            if self.framed and self.frame is not None:  # signals in the frame Q: C = Q C_Q Q^T
+                cov = symmetrize_(self.frame @ cov @ self.frame.T)
         if not bool(torch.isfinite(cov).all()):
             raise NonFiniteActivationsError(
                 f"NaN/Inf activations at residual position {position} ({what}); the model produces non-finite "
@@ -257,6 +268,7 @@ class _Slicer:
 
     def unload_layer(self) -> None:
         self._resident = {}
+        self._framed_writers = {}
 
     def reader(self, linear: nn.Module, norm: nn.Module, q: torch.Tensor, k: int):
         """(W diag(gamma) Q)[:, :k] and b + W beta for a module reading the normed stream."""
@@ -298,24 +310,48 @@ class _Slicer:
         return (q_in[:, :k_in].T @ q_out[:, :k_out]).to(self.dtype)
 
     # -- signals -------------------------------------------------------------------------------
+    # Framed signals (the default where the work dtype is the model's own): the full-width signal
+    # after a block is formed in the coordinates of the basis q the block's input was sliced with,
+    # y Q = [x, 0] + written(h) Q, instead of in the original coordinates. The skip connection's
+    # map x Q_k^T then costs nothing (x padded with zeros); the writers' outputs enter the frame
+    # through their weights, rotated once per layer ((M Q)^T W: [d, n], not a GEMM over every
+    # token); the frame is undone where it matters, in the d x d second moment (Q C_Q Q^T, float64)
+    # and in the next slicing ((Q^T Q')[:, :k']). Two of the four signal-sized maps per layer go.
     def to_full(self, x: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
-        """Map a sliced stream back to the original basis: x Q[:, :k]^T (what the skip carries)."""
+        """The skip connection's full-width signal: x Q[:, :k]^T, or [x, 0] in q's frame when framed."""
+        if self.framed:
+            if q is not self.frame:
+                self.frame, self._framed_writers = q, {}
+            return nn.functional.pad(x.to(self.work_dtype), (0, self.d - k))
         if self.split_signals:
             return self._rotate_signals(x, q[:, :k].T, self.d)
         return x.to(self.work_dtype) @ q[:, :k].T.to(self.work_dtype)
 
     def to_sliced(self, x_full: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+        basis = self._slicing_basis(q, k)
         if self.split_signals:
-            return self._rotate_signals(x_full, q, k)
+            return self._rotate_signals(x_full, basis, k)
         with self.clock("forward"):
-            return (x_full.to(self.work_dtype) @ q[:, :k].to(self.work_dtype)).to(self.dtype)
+            return (x_full.to(self.work_dtype) @ basis.to(self.work_dtype)).to(self.dtype)
+
+    def _slicing_basis(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        """Q[:, :k] in the current signals' frame (Q_frame^T Q[:, :k]); computed once per position."""
+        if not self.framed or self.frame is None:
+            return q[:, :k]
+        cached = self._sliced_basis
+        if cached is not None and cached[0] is q and cached[1] == k and cached[2] is self.frame:
+            return cached[3]
+        with self.clock("forward"):
+            basis = self.frame.T @ q[:, :k]
+        self._sliced_basis = (q, k, self.frame, basis)
+        return basis
 
     def _rotate_signals(self, x: torch.Tensor, basis: torch.Tensor, k: int) -> torch.Tensor:
         """(x @ basis)[..., :k] rounded once to the model dtype, the basis kept to ~2^-22 (hi/lo split).
 
         Two accumulators (flush=False) in the Triton kernel: these maps feed second moments summed
         over every calibration token, where a drift of a few % of a half-ulp is noise, and they
-        are the pipeline's largest GEMMs (4 per layer and batch).
+        are the pipeline's largest GEMMs.
         """
         with self.clock("forward"):
             flat = rotate_slice(x.reshape(-1, x.shape[-1]), basis, k, dim=1, out_dtype=self.dtype,
@@ -323,12 +359,32 @@ class _Slicer:
         return flat.reshape(*x.shape[:-1], k)
 
     def written(self, h: torch.Tensor, linear: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """A writer's contribution in the original (unrotated) basis, centred for LayerNorm models."""
+        """A writer's contribution to the signal, centred for LayerNorm models: in the original basis,
+        or in the current frame when framed."""
+        if self.framed:
+            w, b = self._framed_writer(linear, weight)
+            return nn.functional.linear(h, w, b)
         w = self._w(linear.weight) if weight is None else weight.to(self.device, h.dtype)
         out = nn.functional.linear(h, w, None if linear.bias is None else self._w(linear.bias)).to(self.work_dtype)
         if self.centre:
             out = out - out.mean(dim=-1, keepdim=True)
         return out
+
+    def _framed_writer(self, linear: nn.Module, weight: torch.Tensor | None):
+        """((M Q)^T W, (M Q)^T b) for the current frame Q, in the work dtype; once per layer and writer."""
+        key = (id(linear), None if weight is None else id(weight))
+        cached = self._framed_writers.get(key)
+        if cached is not None:
+            return cached[0], cached[1]
+        basis = self.writer_basis(self.frame, self.d)  # centring folded in, as for the sliced writers
+        w = self._w(linear.weight) if weight is None else weight.to(self.device, self.dtype)
+        with self.clock("rotate_slice"):
+            w_f = rotate_slice(w, basis, self.d, dim=0, out_dtype=self.work_dtype, backend=self.backend)
+        b_f = None
+        if linear.bias is not None:
+            b_f = (basis.T @ self._w(linear.bias).to(torch.float64)).to(self.work_dtype)
+        self._framed_writers[key] = (w_f, b_f, weight)  # weight kept alive: its id is in the key
+        return w_f, b_f
 
     # -- MLP neurons ---------------------------------------------------------------------------
     def prune_mlp(self, i: int, readers: list[nn.Module], writer: nn.Module, hs: list[torch.Tensor]):
