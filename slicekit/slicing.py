@@ -317,7 +317,7 @@ class _Slicer:
         return (q_in[:, :k_in].T @ q_out[:, :k_out]).to(self.dtype)
 
     # -- signals -------------------------------------------------------------------------------
-    # Framed signals (the default where the work dtype is the model's own): the full-width signal
+    # Framed signals (``self.framed``; see __init__ for where they are on): the full-width signal
     # after a block is formed in the coordinates of the basis q the block's input was sliced with,
     # y Q = [x, 0] + written(h) Q, instead of in the original coordinates. The skip connection's
     # map x Q_k^T then costs nothing (x padded with zeros); the writers' outputs enter the frame
@@ -858,8 +858,9 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
                 xs, q = _slice_layer(s, i, layer, new_layer, xs, kws, q)
             finally:
                 s.unload_layer()
-            # In line, deliberately: overlapping these copies with the compute (a worker thread on
-            # a side stream) was measured to gain nothing -- see README, slicing pipeline.
+            # In line, deliberately: one layer's weights on the GPU at a time (prefetching the next
+            # layer would make it two), and overlapping pageable copies with the compute (a worker
+            # thread on a side stream) was measured to gain nothing -- see README, slicing pipeline.
             with s.clock("transfer"):
                 move_module(new_layer, model_device)
             bar.update(1)
