@@ -28,7 +28,7 @@ from .ops import covariance, resolve_backend, rotate_slice, symmetrize_
 from .pca import explained_variance, pca_basis, random_orthogonal
 from .report import SliceReport, count_parameters
 from .structure import all_buffers, layer_dims, layer_parts, meta_tensor_names, set_tensor, sliced_skeleton, tie_head
-from .transfer import move_module, to_device, to_host
+from .transfer import move, move_module, to_device
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -846,7 +846,7 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
             qk = s.writer_basis(q, dims[0])  # embeddings write the stream: centre them like writers
             with s.clock("rotate_slice"):
                 w = rotate_slice(s._w(emb.weight), qk, dims[0], dim=1, out_dtype=s.dtype, backend=backend)
-            emb_new.weight = nn.Parameter(_tensor_to(w, model_device))
+            emb_new.weight = nn.Parameter(move([w], model_device)[0])
         tie_head(sliced, adapter)
         xs = [s.to_sliced(x, q, dims[0]) for x in xs]
 
@@ -871,14 +871,15 @@ def _run(model, adapter, batches, dims, inter, meta, device, model_device, backe
             mix, bias, mean_in, mean_out = s.tied_head(adapter.lm_head(model), final_norm,
                                                        adapter.embeddings(model)[0].weight, q, dims[-1])
             head: TiedHead = sliced.lm_head
-            head.mix = nn.Parameter(_tensor_to(mix, model_device))
+            head.mix = nn.Parameter(move([mix], model_device)[0])
             for name, t in (("bias", bias), ("mean_in", mean_in), ("mean_out", mean_out)):
                 if t is not None:
-                    setattr(head, name, nn.Parameter(_tensor_to(t, model_device)))
+                    setattr(head, name, nn.Parameter(move([t], model_device)[0]))
         else:
             # The head reads the final normed stream: gamma (and beta) fold into it like any reader.
             w, b = s.reader(adapter.lm_head(model), final_norm, q, dims[-1])
-            _assign_linear(sliced.lm_head, _tensor_to(w, model_device), None if b is None else _tensor_to(b, model_device))
+            b = None if b is None else move([b], model_device)[0]
+            _assign_linear(sliced.lm_head, move([w], model_device)[0], b)
         del xs
     except BaseException:
         del sliced
@@ -973,10 +974,6 @@ def _slice_layer(s: _Slicer, i: int, layer: nn.Module, new: SlicedDecoderLayer, 
     if not shared:
         new.mlp_shortcut = nn.Parameter(s.shortcut(q_mid, k_mid, q_out, k_out))
     return [s.to_sliced(o, q_out, k_out) for o in outs], q_out
-
-
-def _tensor_to(t: torch.Tensor, model_device: torch.device) -> torch.Tensor:
-    return to_host([t])[0] if model_device.type == "cpu" else t.to(model_device)
 
 
 def _move_real(module: nn.Module, device: torch.device) -> None:

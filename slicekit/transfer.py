@@ -87,6 +87,17 @@ def to_host(tensors: list[torch.Tensor], pinned: bool | None = None) -> list[tor
     return [buf if src is None else torch.empty(buf.shape, dtype=buf.dtype).copy_(buf) for buf, src in staged]
 
 
+def move(tensors: list[torch.Tensor], device: torch.device | str, pinned: bool | None = None) -> list[torch.Tensor]:
+    """Copies of ``tensors`` on ``device``: staged to CPU RAM (``to_host``), staged from it (``to_device``),
+    plain ``.to()`` otherwise (GPU to GPU, or a mix of sources)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return to_host(tensors, pinned)
+    if all(t.device.type == "cpu" for t in tensors):
+        return to_device(tensors, device, pinned)
+    return [t.detach().to(device) for t in tensors]
+
+
 def move_module(module: nn.Module, device: torch.device | str, pinned: bool | None = None) -> nn.Module:
     """``module.to(device)`` with CPU<->GPU copies staged; meta tensors stay meta.
 
@@ -103,13 +114,7 @@ def move_module(module: nn.Module, device: torch.device | str, pinned: bool | No
                 if t is not None and not t.is_meta and t.device != device:
                     slots.append((m, kind, name, t))
                     seen.setdefault(id(t), t)
-    tensors = list(seen.values())
-    if device.type == "cpu":
-        moved = to_host(tensors, pinned)
-    else:
-        moved = to_device(tensors, device, pinned) if all(t.device.type == "cpu" for t in tensors) \
-            else [t.detach().to(device) for t in tensors]
-    copies = dict(zip(seen, moved))
+    copies = dict(zip(seen, move(list(seen.values()), device, pinned)))
     for m, kind, name, t in slots:
         if kind == "_parameters":
             t.data = copies[id(t)]
