@@ -8,7 +8,9 @@ Providers, all adding the [d, d] product of one [N, d] activation batch:
                kept rows are gathered first (TMA cannot skip rows): the gather is in the time
   symmetrize   slicekit.ops.symmetrize_ (mirror the upper triangle once per residual position,
                after all batches; not a per-batch cost)
-  cuda         torch.ops.slicekit.covariance_accumulate, when the extension is built (NaN otherwise)
+  cuda         torch.ops.slicekit.covariance_accumulate(..., symmetric=False), when the extension is
+               built (NaN otherwise); the note names its kernel (sm90_wgmma on Hopper, else cublas)
+  cuda_sym     the same with symmetric=True (the mirror written per call)
   torch_gemm   torch.mm(X.T, X, out_dtype=torch.float32): the full fp16-in fp32-out GEMM; where
                that overload is missing, torch.mm(X.T, X) with fp16 output (noted in the row)
   torch_fp64   X.double().T @ X.double(): how the reference SliceGPT accumulates (conversion
@@ -132,13 +134,16 @@ def measure_shape(model: str, d: int, n: int, dtype: torch.dtype, device: str = 
     op = cuda_op() if device == "cuda" else None
     if op is not None:
         out = torch.zeros(d, d, dtype=torch.float64, device=device)
-        try:
-            op(x, None, out)
-            err = rel_err(out, ref)
-            rows.append(row("cuda", timer(lambda: op(x, None, out)), err))
-        except Exception as exc:
-            print(f"  cuda failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            rows.append(row("cuda", (math.nan,) * 3, math.nan, f"failed: {type(exc).__name__}"))
+        path = torch.ops.slicekit.covariance_path(x) if hasattr(torch.ops.slicekit, "covariance_path") else ""
+        for provider, symmetric in (("cuda", False), ("cuda_sym", True)):
+            try:
+                out.zero_()
+                op(x, None, out, symmetric)
+                err = rel_err(out if symmetric else symmetrize_(out), ref)
+                rows.append(row(provider, timer(lambda: op(x, None, out, symmetric)), err, path))  # noqa: B023
+            except Exception as exc:
+                print(f"  {provider} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                rows.append(row(provider, (math.nan,) * 3, math.nan, f"failed: {type(exc).__name__}"))
         del out
     else:
         rows.append(row("cuda", (math.nan,) * 3, math.nan, "extension not built"))
@@ -194,7 +199,8 @@ def measure_chunks(d: int, n: int, dtype: torch.dtype, device: str = "cuda", tim
 
 
 SUMMARY_COLS = ["model", "d", "N", "dtype", "triton ms", "triton TF/s", "x gemm", "x fp64", "triton err",
-                "sym ms", "mask ms", "cuda ms", "cuda err", "gemm ms", "gemm err", "fp64 ms"]
+                "sym ms", "mask ms", "cuda ms", "cuda x gemm", "cuda x fp64", "cuda err", "gemm ms", "gemm err",
+                "fp64 ms"]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -212,7 +218,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         elif p == "triton_mask":
             s["mask ms"] = r["ms"]
         elif p == "cuda":
-            s.update({"cuda ms": r["ms"], "cuda err": r["rel_err"]})
+            s.update({"cuda ms": r["ms"], "cuda x gemm": r["speedup_vs_gemm"], "cuda x fp64": r["speedup_vs_fp64"],
+                      "cuda err": r["rel_err"]})
         elif p == "torch_gemm":
             s.update({"gemm ms": r["ms"], "gemm err": r["rel_err"]})
         elif p == "torch_fp64":
@@ -224,6 +231,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="d 4096/8192, N 16384 only")
     p.add_argument("--chunks", action="store_true", help="sweep the flush interval instead (d 4096, N 16384/65536)")
+    p.add_argument("--name", default=None, help="results file name (default: covariance, covariance_chunks)")
     args = p.parse_args(argv)
     require_cuda("bench_covariance.py")
     t0 = time.time()
@@ -239,7 +247,7 @@ def main(argv=None) -> int:
                 print(f"chunks: d=4096 N={n} {dtype}", file=sys.stderr, flush=True)
                 rows += measure_chunks(4096, n, dtype)
         print(markdown_table(rows, ["d", "N", "dtype", "flush", "ms", "tflops", "rel_err", "default"]))
-        print(f"\nwrote {write_results('covariance_chunks', rows)} ({time.time() - t0:.0f} s)")
+        print(f"\nwrote {write_results(args.name or 'covariance_chunks', rows)} ({time.time() - t0:.0f} s)")
         return 0
 
     widths = [(m, d) for m, d in WIDTHS if not args.quick or d in QUICK_WIDTHS]
@@ -253,7 +261,7 @@ def main(argv=None) -> int:
     print(markdown_table(summarize(rows), SUMMARY_COLS))
     print("\nTFLOP/s count N*d*(d+1) (the symmetric result) for every provider; x gemm / x fp64 are the Triton "
           "kernel's speedups over torch_gemm and torch_fp64; err = relative Frobenius error vs float64.")
-    path = write_results("covariance", rows, extra=dict(flops_rule="N*d*(d+1)", chunk_rows=_chunk_rows()))
+    path = write_results(args.name or "covariance", rows, extra=dict(flops_rule="N*d*(d+1)", chunk_rows=_chunk_rows()))
     print(f"wrote {path} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -323,7 +323,50 @@ bool env_is(const char* name, const char* value) {
   return s != nullptr && std::strcmp(s, value) == 0;
 }
 
+// 16-bit X on Hopper: the wgmma kernel, launch by launch of sm90::kLaunchRows rows. X is first copied
+// (masked rows zeroed, rows padded to 16 bytes) when it has a mask or rows TMA cannot address.
+void covariance_sm90(const CovarianceParams& p, bool bf16, cudaStream_t stream) {
+  constexpr int64_t kElem = 2;
+  const int64_t d = p.dim;
+  const char* x_bytes = static_cast<const char*>(p.x_ptr);
+  const int64_t x_ld = p.stride_x_row;
+  const bool aligned = reinterpret_cast<uintptr_t>(x_bytes) % 16 == 0 && (x_ld * kElem) % 16 == 0;
+  const bool copy = p.mask_ptr != nullptr || !aligned;
+  const int64_t seg = sm90::kLaunchRows;
+  const int64_t chunk = env_int("SLICEKIT_COV_SM90_CHUNK", sm90::kChunkRows, 64);
+  const int device = c10::cuda::current_device();
+  const int64_t buf_ld = round_up(d, 8);
+  at::Tensor xbuf;
+  if (copy) {
+    const auto options = at::TensorOptions().device(c10::Device(c10::kCUDA, device)).dtype(bf16 ? at::kBFloat16 : at::kHalf);
+    xbuf = at::empty({std::min(seg, p.n_rows) * buf_ld}, options);
+  }
+  for (int64_t start = 0; start < p.n_rows; start += seg) {
+    const int64_t rows = std::min(seg, p.n_rows - start);
+    const char* src = x_bytes + start * x_ld * kElem;
+    const void* base = src;
+    int64_t ld = x_ld;
+    if (copy) {
+      char* dst = static_cast<char*>(xbuf.data_ptr());
+      const uint8_t* mask = p.mask_ptr != nullptr ? p.mask_ptr + start : nullptr;
+      if (aligned && (d * kElem) % 16 == 0) {
+        launch_copy<uint4>(src, x_ld * kElem, mask, rows, d * kElem, dst, buf_ld * kElem, buf_ld * kElem, stream);
+      } else {
+        launch_copy<uint16_t>(src, x_ld * kElem, mask, rows, d * kElem, dst, buf_ld * kElem, buf_ld * kElem, stream);
+      }
+      base = dst;
+      ld = buf_ld;
+    }
+    sm90::launch(base, rows, d, ld, bf16, p.out_ptr, p.stride_out_row, p.stride_out_col, p.mirror, chunk, device, stream);
+  }
+}
+
 }  // namespace
+
+const char* covariance_path_cuda(c10::ScalarType dtype) {
+  const bool half = dtype == c10::ScalarType::Half || dtype == c10::ScalarType::BFloat16;
+  return half && sm90::usable(c10::cuda::current_device()) ? "sm90_wgmma" : "cublas";
+}
 
 template <typename input_t>
 void covariance_accumulate_cuda(const CovarianceParams& p) {
@@ -341,6 +384,12 @@ void covariance_accumulate_cuda(const CovarianceParams& p) {
   if (n_rows == 0 || d == 0) return;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if constexpr (std::is_same_v<input_t, c10::Half> || std::is_same_v<input_t, c10::BFloat16>) {
+    if (sm90::usable(c10::cuda::current_device())) {
+      covariance_sm90(p, std::is_same_v<input_t, c10::BFloat16>, stream);
+      return;
+    }
+  }
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // bound to `stream`, torch's workspace
   CublasMathModeGuard math_guard(handle, CUBLAS_DEFAULT_MATH);
   const auto options = at::TensorOptions().device(c10::Device(c10::kCUDA, c10::cuda::current_device()));

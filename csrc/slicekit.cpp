@@ -1,7 +1,8 @@
 // slicekit._C: op schemas, argument checks and dtype dispatch. The arithmetic lives in the .cu files.
 //
 // The ops are registered on `import slicekit._C` (static initialisers below) as torch.ops.slicekit.*:
-//   covariance_accumulate(Tensor x, Tensor? mask, Tensor(a!) out) -> ()
+//   covariance_accumulate(Tensor x, Tensor? mask, Tensor(a!) out, bool symmetric=True) -> ()
+//   covariance_path(Tensor x) -> str   (which kernel covariance_accumulate runs for x: sm90_wgmma / cublas)
 //   rotate_slice(Tensor weight, Tensor q, int k, int dim, ScalarType out_dtype) -> Tensor
 //   shortcut_linear(Tensor x, Tensor S, Tensor h, Tensor W, Tensor? bias) -> Tensor
 // Each has a CUDA kernel, a Meta kernel (shapes only, so FakeTensor / torch.compile can trace it) and a
@@ -73,7 +74,8 @@ void check_covariance(const at::Tensor& x, const std::optional<at::Tensor>& mask
   }
 }
 
-void covariance_accumulate_cuda_op(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& out) {
+void covariance_accumulate_cuda_op(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& out,
+                                   bool symmetric) {
   const char* op = "slicekit::covariance_accumulate";
   check_cuda(op, "x", x, x);
   check_cuda(op, "out", out, x);
@@ -91,6 +93,7 @@ void covariance_accumulate_cuda_op(const at::Tensor& x, const std::optional<at::
   p.out_ptr = out.data_ptr<double>();
   p.stride_out_row = out.stride(0);
   p.stride_out_col = out.stride(1);
+  p.mirror = symmetric;
   switch (x.scalar_type()) {
     case at::kHalf: covariance_accumulate_cuda<c10::Half>(p); break;
     case at::kBFloat16: covariance_accumulate_cuda<c10::BFloat16>(p); break;
@@ -100,7 +103,12 @@ void covariance_accumulate_cuda_op(const at::Tensor& x, const std::optional<at::
   }
 }
 
-void covariance_accumulate_meta(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& out) {
+std::string covariance_path_cuda_op(const at::Tensor& x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return covariance_path_cuda(x.scalar_type());
+}
+
+void covariance_accumulate_meta(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& out, bool) {
   check_covariance(x, mask, out);
 }
 
@@ -273,7 +281,7 @@ at::Tensor shortcut_linear_meta(const at::Tensor& x, const at::Tensor& S, const 
               "; use slicekit.ops with backend='torch' (or 'triton') for CPU tensors");
 }
 
-void covariance_accumulate_cpu(const at::Tensor& x, const std::optional<at::Tensor>&, const at::Tensor&) {
+void covariance_accumulate_cpu(const at::Tensor& x, const std::optional<at::Tensor>&, const at::Tensor&, bool) {
   needs_cuda("slicekit::covariance_accumulate", x);
 }
 at::Tensor rotate_slice_cpu(const at::Tensor& weight, const at::Tensor&, int64_t, int64_t, at::ScalarType) {
@@ -290,13 +298,15 @@ at::Tensor shortcut_linear_cpu(const at::Tensor& x, const at::Tensor&, const at:
 // A FRAGMENT, not TORCH_LIBRARY: Python-side custom ops in the same namespace (torch.library) must
 // not collide with this one-time definition.
 TORCH_LIBRARY_FRAGMENT(slicekit, m) {
-  m.def("covariance_accumulate(Tensor x, Tensor? mask, Tensor(a!) out) -> ()");
+  m.def("covariance_accumulate(Tensor x, Tensor? mask, Tensor(a!) out, bool symmetric=True) -> ()");
+  m.def("covariance_path(Tensor x) -> str");
   m.def("rotate_slice(Tensor weight, Tensor q, int k, int dim, ScalarType out_dtype) -> Tensor");
   m.def("shortcut_linear(Tensor x, Tensor S, Tensor h, Tensor W, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(slicekit, CUDA, m) {
   m.impl("covariance_accumulate", &slicekit::covariance_accumulate_cuda_op);
+  m.impl("covariance_path", &slicekit::covariance_path_cuda_op);
   m.impl("rotate_slice", &slicekit::rotate_slice_cuda_op);
   m.impl("shortcut_linear", &slicekit::shortcut_linear_cuda_op);
 }

@@ -10,6 +10,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+struct CUstream_st;  // cudaStream_t, without the CUDA headers (slicekit.cpp is plain C++)
+
 namespace slicekit {
 
 // SLICEKIT_CHECK(cond, parts...): TORCH_CHECK's contract (Python sees a RuntimeError naming the
@@ -113,10 +115,26 @@ struct CovarianceParams {
   int64_t chunk_rows = 0;           // rows per GEMM: bounds the fp32 tensor-core accumulation length
   int64_t flush_rows = 0;           // rows summed in fp32 (GEMM epilogue, round-to-nearest) before the float64 add
   int64_t block = 0;                // side of the square blocks that tile the upper triangle
+  bool mirror = true;               // false: only the upper triangle (diagonal included) must be updated
 };
 
 template <typename input_t>
 void covariance_accumulate_cuda(const CovarianceParams& params);
+
+// Which implementation covariance_accumulate_cuda runs for `dtype` on the current device:
+// "sm90_wgmma" or "cublas".
+const char* covariance_path_cuda(c10::ScalarType dtype);
+
+// The Hopper wgmma kernel (covariance_sm90.cu) for 16-bit X with 16-byte aligned rows and no mask.
+namespace sm90 {
+// Rows per launch: bounds the fp32 sums of chunk results in registers before float64 takes them.
+constexpr int64_t kLaunchRows = 32768;
+constexpr int64_t kChunkRows = 128;  // rows between promotions of the MMA accumulator
+// Whether `device` is an sm_90 GPU, this build holds sm_90a code, and SLICEKIT_COV_SM90 != 0.
+bool usable(int device);
+void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
+            bool mirror, int64_t chunk_rows, int device, CUstream_st* stream);
+}  // namespace sm90
 
 // out = (W Q)[:, :k] (dim=1, W [rows, d]) or (Q^T W)[:k, :] (dim=0, W [d, cols]), rounded once.
 struct RotateSliceParams {

@@ -236,6 +236,83 @@ def test_covariance_side_stream():
     assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(x.dtype, 2000)
 
 
+def _sm90_kernel_problem() -> str | None:
+    if _PROBLEM is not None:
+        return _PROBLEM
+    if not hasattr(torch.ops.slicekit, "covariance_path"):
+        return "this build of slicekit._C has no covariance_path op"
+    x = torch.zeros(1, 1, device="cuda", dtype=torch.float16)
+    if torch.ops.slicekit.covariance_path(x) != "sm90_wgmma":
+        return f"the wgmma kernel does not run here ({torch.cuda.get_device_name()})"
+    return None
+
+
+_SM90_PROBLEM = _sm90_kernel_problem()
+needs_sm90 = pytest.mark.skipif(_SM90_PROBLEM is not None, reason=f"sm_90 wgmma kernel unavailable: {_SM90_PROBLEM}")
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (64, 255),
+                                 (4097, 300), (40000, 136), (2000, 1000)])
+def test_covariance_sm90_matches_float64(dtype, n, d):
+    """The Hopper kernel on tile edges (d around 64/128), row counts around its 64-row stages, and
+    more rows than one launch takes (40000 > 32768); upper-only and mirrored forms."""
+    x = (torch.randn(n, d, device="cuda") + 0.25).to(dtype)
+    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    out0 = _rand_sym(d, "cuda")
+    out = out0.clone()
+    torch.ops.slicekit.covariance_accumulate(x, None, out, True)
+    assert _rel_fro(out - out0, expected) <= _cov_tol(dtype, n, 128)
+    assert torch.equal(out, out.T)
+    upper = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, upper, False)
+    # symmetric=False guarantees the upper triangle (diagonal included) and nothing below it.
+    assert _rel_fro(torch.triu(upper), torch.triu(expected)) <= _cov_tol(dtype, n, 128)
+    assert _rel_fro(torch.triu(upper), torch.triu(out - out0)) <= 1e-12  # the same sums as the mirrored call
+
+
+@needs_sm90
+@pytest.mark.parametrize("chunk", ["64", "256", "320"])
+def test_covariance_sm90_chunk_override(monkeypatch, chunk):
+    """SLICEKIT_COV_SM90_CHUNK: rows between promotions of the MMA accumulator (multiples of 64)."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_CHUNK", chunk)
+    x = torch.randn(3001, 200, device="cuda", dtype=torch.float16)
+    out = torch.zeros(200, 200, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, out)
+    assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(torch.float16, 3001, int(chunk))
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_covariance_sm90_copies_what_tma_cannot_read(dtype):
+    """A mask, and rows that are not 16-byte aligned, go through a copy first; same sums."""
+    n, d = 5000, 301
+    big = torch.randn(n, d + 3, device="cuda").to(dtype)
+    x = big[:, 1:1 + d]  # base pointer 2 bytes off, row stride d + 3
+    mask = (torch.rand(n, device="cuda") < 0.6).to(torch.uint8)
+    for m in (None, mask):
+        out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+        torch.ops.slicekit.covariance_accumulate(x, m, out)
+        assert _rel_fro(out, covariance_ref(x, m, torch.zeros_like(out))) <= _cov_tol(dtype, n, 128)
+        assert torch.equal(out, out.T)
+
+
+@needs_sm90
+def test_covariance_sm90_agrees_with_cublas_path(monkeypatch):
+    """The two CUDA implementations of one op give the same sums (SLICEKIT_COV_SM90=0 selects cuBLAS)."""
+    x = (torch.randn(9000, 520, device="cuda") * 3 + 1).to(torch.bfloat16)
+    out_wgmma = torch.zeros(520, 520, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, out_wgmma)
+    monkeypatch.setenv("SLICEKIT_COV_SM90", "0")
+    assert torch.ops.slicekit.covariance_path(x) == "cublas"
+    out_cublas = torch.zeros_like(out_wgmma)
+    torch.ops.slicekit.covariance_accumulate(x, None, out_cublas)
+    ref = covariance_ref(x, None, torch.zeros_like(out_wgmma))
+    assert _rel_fro(out_wgmma, ref) <= 1e-6
+    assert _rel_fro(out_cublas, ref) <= 1e-6
+
+
 @needs_ext
 def test_covariance_front_end_3d_with_mask():
     x = torch.randn(3, 77, 65, device="cuda", dtype=torch.bfloat16)

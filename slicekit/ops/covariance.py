@@ -35,7 +35,7 @@ def _triton_impl(x, mask, out, symmetric=True):
 
 
 def _cuda_impl(x, mask, out, symmetric=True):
-    torch.ops.slicekit.covariance_accumulate(x, mask, out)  # always writes both triangles
+    torch.ops.slicekit.covariance_accumulate(x, mask, out, symmetric)
     return out
 
 

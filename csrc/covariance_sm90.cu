@@ -1,0 +1,414 @@
+// Hopper (sm_90a) kernel for out[d, d] (float64) += X^T X, X [rows, d] in fp16 or bf16: only the
+// upper-triangle 128 x 128 tiles, tensor cores (wgmma) fed by TMA, the accumulator promoted out of
+// the tensor cores every `chunk` rows.
+//
+// Why a hand-written kernel next to the cuBLAS path of covariance.cu: the tensor cores' fp32
+// accumulator truncates, so a long sum drifts (a bias linear in its length); cuBLAS can only be
+// stopped every chunk by ending the GEMM, which re-reads and re-writes the fp32 triangle in memory
+// each time (0.5x torch's full GEMM at d = 4096). Here the promotion happens in registers: each
+// consumer thread sums the MMA accumulator into a second fp32 tile `mid` (round-to-nearest CUDA-core
+// adds) every `chunk` rows and restarts the MMA from zero -- the same scheme as the Triton kernel
+// (kernels/covariance.py, whose docstring has the error analysis), but with warp specialisation,
+// which Triton 3.6 does not give us on Hopper:
+//   * one producer warpgroup (one thread) streams [64 rows x 64 columns] boxes of X through TMA
+//     into a ring of shared-memory stages (128-byte swizzle, rows past N / columns past d arrive as
+//     zeros), signalling `full` mbarriers;
+//   * two consumer warpgroups each own 64 rows of the 128 x 128 output tile and issue
+//     wgmma.m64n128k16 with both operands read straight from shared memory, M/N-major (X's rows are
+//     the K dimension, so neither operand needs a transpose in memory);
+//   * a consumer waits for its MMAs only at the end of a chunk (to promote), then hands the chunk's
+//     stages back through `empty` mbarriers; while one consumer promotes, the other keeps the
+//     tensor cores busy, and the producer keeps loading ahead;
+//   * persistent CTAs (one per SM) walk the upper-triangle tiles in bands of kGroup tile-rows, so
+//     CTAs that run together share panels of X in L2.
+// Epilogue: each consumer adds its 64 x 128 block of `mid`, widened to float64, into `out` (the
+// upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
+// exactly symmetric). Diagonal tiles write only their upper half (and its mirror).
+//
+// The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
+// kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
+// rows that TMA cannot address (16-byte alignment).
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda_utils.cuh"
+
+namespace slicekit {
+namespace sm90 {
+namespace {
+
+constexpr int kTile = 128;                       // output tile side
+constexpr int kBox = 64;                         // TMA box width: 64 16-bit values = one 128-byte swizzle row
+constexpr int kBlockK = 64;                      // rows of X per pipeline stage
+constexpr int kStages = 6;
+constexpr int kConsumers = 2;                    // warpgroups issuing MMAs, 64 output rows each
+constexpr int kThreads = 128 * (1 + kConsumers);
+constexpr int kBoxBytes = kBlockK * kBox * 2;    // 8 KB
+constexpr int kPanelBytes = 2 * kBoxBytes;       // 128 columns of X, kBlockK rows
+constexpr int kStageBytes = 2 * kPanelBytes;     // the row panel I and the column panel J
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SLICEKIT_SM90_DEVICE 1
+#endif
+
+#ifdef SLICEKIT_SM90_DEVICE
+constexpr int kGroup = 8;  // tile-rows per band of the schedule
+
+// Upper-triangle tile number -> (ti, tj), ti <= tj, of a T x T tile grid: bands of kGroup tile-rows;
+// inside a band first its own triangle column by column, then its full columns to the right.
+__device__ __forceinline__ void upper_tile(int p, int T, int& ti, int& tj) {
+  int i0 = 0;
+  int g = T < kGroup ? T : kGroup;
+  int band = g * (g + 1) / 2 + g * (T - g);
+  while (p >= band) {
+    p -= band;
+    i0 += kGroup;
+    g = T - i0 < kGroup ? T - i0 : kGroup;
+    band = g * (g + 1) / 2 + g * (T - i0 - g);
+  }
+  const int tri = g * (g + 1) / 2;
+  if (p < tri) {
+    int c = 0;
+    while ((c + 1) * (c + 2) / 2 <= p) ++c;
+    ti = i0 + p - c * (c + 1) / 2;
+    tj = i0 + c;
+  } else {
+    const int rect = p - tri;
+    ti = i0 + rect % g;
+    tj = i0 + g + rect / g;
+  }
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = smem_addr(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// One [kBlockK rows x kBox columns] box of X at (column c0, row c1) into shared memory.
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// `strides`: the descriptor's constant part (desc_strides() on the host), plus the start address.
+__device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
+  return strides | ((smem_addr(p) & 0x3FFFF) >> 4);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+// Keeps the compiler from moving reads or writes of the accumulator across the asynchronous MMAs.
+__device__ __forceinline__ void fence_operands(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d[64 x 128] (+)= A[64 x 16] B[16 x 128], both operands M/N-major in shared memory (trans-a = trans-b = 1);
+// scale_d = 0 ignores what d held (a fresh chunk).
+#define SLICEKIT_WGMMA_OPERANDS                                                                             \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),            \
+      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),            \
+      "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),            \
+      "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),            \
+      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),            \
+      "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),            \
+      "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+#define SLICEKIT_WGMMA_REGS                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+  "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "  \
+  "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "  \
+  "%62, %63}"
+
+template <bool kBF16>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kBF16) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SLICEKIT_WGMMA_REGS
+        ", %64, %65, p, 1, 1, 1, 1;\n"
+        "}\n"
+        : SLICEKIT_WGMMA_OPERANDS
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " SLICEKIT_WGMMA_REGS
+        ", %64, %65, p, 1, 1, 1, 1;\n"
+        "}\n"
+        : SLICEKIT_WGMMA_OPERANDS
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+}
+#endif  // SLICEKIT_SM90_DEVICE
+
+template <bool kBF16>
+__global__ void __launch_bounds__(kThreads, 1)
+    cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, int n_tiles, int chunk_kb,
+                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
+#ifdef SLICEKIT_SM90_DEVICE
+  extern __shared__ uint8_t smem_raw[];
+  // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  const int wg = threadIdx.x / 128;
+  const int tid = threadIdx.x % 128;
+  const int T = (d + kTile - 1) / kTile;
+  const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // Producer: one thread issues every copy; the warpgroup gives its registers to the consumers.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == 0) {
+      int s = 0;
+      uint32_t phase = 0;
+      for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        int ti, tj;
+        upper_tile(t, T, ti, tj);
+        const bool diag = ti == tj;
+        for (int kb = 0; kb < num_kb; ++kb) {
+          mbar_wait(&empty[s], phase ^ 1);
+          uint8_t* stage = smem + s * kStageBytes;
+          mbar_expect_tx(&full[s], diag ? kPanelBytes : kStageBytes);
+          const int row = kb * kBlockK;
+          tma_load(stage, &map, &full[s], ti * kTile, row);
+          tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
+          if (!diag) {  // a diagonal tile multiplies panel I by itself
+            tma_load(stage + kPanelBytes, &map, &full[s], tj * kTile, row);
+            tma_load(stage + kPanelBytes + kBoxBytes, &map, &full[s], tj * kTile + kBox, row);
+          }
+          if (++s == kStages) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int c = wg - 1;  // this consumer's output rows: [64 c, 64 c + 64) of the tile
+    float acc[64];
+    float mid[64];
+    int s = 0;
+    uint32_t phase = 0;
+    int s_free = 0;  // the oldest stage this consumer has not handed back
+    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+      int ti, tj;
+      upper_tile(t, T, ti, tj);
+      const bool diag = ti == tj;
+#pragma unroll
+      for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
+      int held = 0;
+      for (int kb = 0; kb < num_kb; ++kb) {
+        mbar_wait(&full[s], phase);
+        const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
+        const uint8_t* b = smem + s * kStageBytes + (diag ? 0 : kPanelBytes);
+        const int fresh = kb % chunk_kb == 0;
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < kBlockK / 16; ++k) {
+          // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+          wgmma_m64n128k16<kBF16>(acc, smem_desc(a + k * 16 * 128, desc_strides),
+                                  smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
+        }
+        wgmma_commit();
+        ++held;
+        if (++s == kStages) {
+          s = 0;
+          phase ^= 1;
+        }
+        if ((kb + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
+          wgmma_wait_all();
+          fence_operands(acc);
+          for (; held > 0; --held) {  // the chunk's MMAs are done reading its stages
+            if (tid == 0) mbar_arrive(&empty[s_free]);
+            if (++s_free == kStages) s_free = 0;
+          }
+#pragma unroll
+          for (int i = 0; i < 64; ++i) mid[i] += acc[i];
+        }
+      }
+
+      // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
+      // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
+      const int warp = tid / 32;
+      const int lane = tid % 32;
+      const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
+      const int col0 = tj * kTile + 2 * (lane % 4);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int gi = row0 + (h >> 1) * 8;
+          const int gj = col0 + 8 * i + (h & 1);
+          if (gi < d && gj < d && gi <= gj) {  // off-diagonal tiles hold only gi < gj
+            const double v = static_cast<double>(mid[4 * i + h]);
+            out[gi * so_row + gj * so_col] += v;
+            if (mirror && gi < gj) out[gj * so_row + gi * so_col] += v;
+          }
+        }
+      }
+    }
+  }
+#endif  // SLICEKIT_SM90_DEVICE
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+#if CUDART_VERSION >= 12050
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &ptr, cudaEnableDefault, &status);
+#endif
+    return (err == cudaSuccess && status == cudaDriverEntryPointSuccess)
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr)
+               : nullptr;
+  }();
+  return fn;
+}
+
+// The shared-memory matrix descriptor's strides for an M/N-major operand with 128-byte swizzling
+// (PTX ISA, "Matrix Descriptor Format"): LBO = from one 64-wide column group to the next (the two
+// boxes of a panel, 8 KB apart), SBO = from one group of 8 rows (K) to the next (8 x 128 bytes).
+// SLICEKIT_COV_SM90_DESC="lbo,sbo" (bytes) overrides them, for bring-up on a new toolchain.
+uint64_t desc_strides() {
+  uint64_t lbo = kBoxBytes, sbo = 8 * 128;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_DESC")) {
+    unsigned long long a = 0, b = 0;
+    if (std::sscanf(env, "%llu,%llu", &a, &b) == 2) {
+      lbo = a;
+      sbo = b;
+    }
+  }
+  return (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);  // 1 << 62: 128B swizzle
+}
+
+struct DeviceInfo {
+  bool usable = false;
+  int sms = 0;
+};
+
+}  // namespace
+
+bool usable(int device) {
+  const char* env = std::getenv("SLICEKIT_COV_SM90");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  static std::mutex mutex;
+  static std::unordered_map<int, DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it == cache.end()) {
+    DeviceInfo info;
+    cudaDeviceProp prop{};
+    cudaFuncAttributes attr{};
+    // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
+    if (cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
+        cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false>) == cudaSuccess && attr.binaryVersion >= 90 &&
+        encode_fn() != nullptr &&
+        cudaFuncSetAttribute(cov_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(cov_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+            cudaSuccess) {
+      info.usable = true;
+      info.sms = prop.multiProcessorCount;
+    }
+    cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
+    it = cache.emplace(device, info).first;
+  }
+  return it->second.usable;
+}
+
+void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
+            bool mirror, int64_t chunk_rows, int device, CUstream_st* stream) {
+  SLICEKIT_CHECK(rows > 0 && rows <= INT32_MAX && d > 0 && d <= INT32_MAX, "slicekit: sm90 covariance: bad shape [",
+                 rows, ", ", d, "]");
+  SLICEKIT_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (ld * 2) % 16 == 0,
+                 "slicekit: sm90 covariance: rows of X must be 16-byte aligned for TMA (ld = ", ld, ")");
+  const int chunk_kb = static_cast<int>(chunk_rows / kBlockK);
+  SLICEKIT_CHECK(chunk_rows % kBlockK == 0 && chunk_kb >= 1 && chunk_kb < kStages,
+                 "slicekit: sm90 covariance: chunk_rows must be a multiple of ", kBlockK, " below ", kBlockK * kStages,
+                 ", got ", chunk_rows);
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
+  const cuuint32_t box[2] = {kBox, kBlockK};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult res = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                                   const_cast<void*>(x), dims, strides, box, elem_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
+                 static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
+  const int T = static_cast<int>((d + kTile - 1) / kTile);
+  const int n_tiles = T * (T + 1) / 2;
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int grid = std::max(1, std::min(n_tiles, sms));
+  auto kernel = bf16 ? cov_wgmma_kernel<true> : cov_wgmma_kernel<false>;
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map, static_cast<int>(rows), static_cast<int>(d), n_tiles, chunk_kb,
+                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace sm90
+}  // namespace slicekit
