@@ -188,12 +188,88 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }
 }
+
+// One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile. kOffset shifts its chunk
+// boundaries by that many k-blocks (staggered chunks: the two consumers then never wait for their
+// MMAs, to promote, at the same moment, and the tensor cores keep the other one's work queued).
+template <bool kBF16, int kOffset>
+__device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
+                                        int T, int num_kb, int n_tiles, int chunk_kb, double* __restrict__ out,
+                                        int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
+  float acc[64];
+  float mid[64];
+  int s = 0;
+  uint32_t phase = 0;
+  int s_free = 0;  // the oldest stage this consumer has not handed back
+  for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+    int ti, tj;
+    upper_tile(t, T, ti, tj);
+    const bool diag = ti == tj;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
+    int held = 0;
+    for (int kb = 0; kb < num_kb; ++kb) {
+      mbar_wait(&full[s], phase);
+      const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
+      const uint8_t* b = smem + s * kStageBytes + (diag ? 0 : kPanelBytes);
+      const int fresh = kb == 0 || (kb + kOffset) % chunk_kb == 0;
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < kBlockK / 16; ++k) {
+        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+        wgmma_m64n128k16<kBF16>(acc, smem_desc(a + k * 16 * 128, desc_strides),
+                                smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
+      }
+      wgmma_commit();
+      ++held;
+      if (++s == kStages) {
+        s = 0;
+        phase ^= 1;
+      }
+      if ((kb + kOffset + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
+        wgmma_wait_all();
+        fence_operands(acc);
+        for (; held > 0; --held) {  // the chunk's MMAs are done reading its stages
+          if (tid == 0) mbar_arrive(&empty[s_free]);
+          if (++s_free == kStages) s_free = 0;
+        }
+#pragma unroll
+        for (int i = 0; i < 64; ++i) mid[i] += acc[i];
+      }
+    }
+    // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
+    // that, does not insert a wait of its own on this path.
+    wgmma_wait_all();
+    fence_operands(acc);
+
+    // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
+    // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
+    const int col0 = tj * kTile + 2 * (lane % 4);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int gi = row0 + (h >> 1) * 8;
+        const int gj = col0 + 8 * i + (h & 1);
+        if (gi < d && gj < d && gi <= gj) {  // off-diagonal tiles hold only gi < gj
+          const double v = static_cast<double>(mid[4 * i + h]);
+          out[gi * so_row + gj * so_col] += v;
+          if (mirror && gi < gj) out[gj * so_row + gi * so_col] += v;
+        }
+      }
+    }
+  }
+}
 #endif  // SLICEKIT_SM90_DEVICE
 
 template <bool kBF16>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, int n_tiles, int chunk_kb,
-                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
+                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
+                     int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
@@ -244,68 +320,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    const int c = wg - 1;  // this consumer's output rows: [64 c, 64 c + 64) of the tile
-    float acc[64];
-    float mid[64];
-    int s = 0;
-    uint32_t phase = 0;
-    int s_free = 0;  // the oldest stage this consumer has not handed back
-    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-      int ti, tj;
-      upper_tile(t, T, ti, tj);
-      const bool diag = ti == tj;
-#pragma unroll
-      for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
-      int held = 0;
-      for (int kb = 0; kb < num_kb; ++kb) {
-        mbar_wait(&full[s], phase);
-        const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
-        const uint8_t* b = smem + s * kStageBytes + (diag ? 0 : kPanelBytes);
-        const int fresh = kb % chunk_kb == 0;
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < kBlockK / 16; ++k) {
-          // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-          wgmma_m64n128k16<kBF16>(acc, smem_desc(a + k * 16 * 128, desc_strides),
-                                  smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
-        }
-        wgmma_commit();
-        ++held;
-        if (++s == kStages) {
-          s = 0;
-          phase ^= 1;
-        }
-        if ((kb + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
-          wgmma_wait_all();
-          fence_operands(acc);
-          for (; held > 0; --held) {  // the chunk's MMAs are done reading its stages
-            if (tid == 0) mbar_arrive(&empty[s_free]);
-            if (++s_free == kStages) s_free = 0;
-          }
-#pragma unroll
-          for (int i = 0; i < 64; ++i) mid[i] += acc[i];
-        }
-      }
-
-      // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
-      // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
-      const int warp = tid / 32;
-      const int lane = tid % 32;
-      const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
-      const int col0 = tj * kTile + 2 * (lane % 4);
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int gi = row0 + (h >> 1) * 8;
-          const int gj = col0 + 8 * i + (h & 1);
-          if (gi < d && gj < d && gi <= gj) {  // off-diagonal tiles hold only gi < gj
-            const double v = static_cast<double>(mid[4 * i + h]);
-            out[gi * so_row + gj * so_col] += v;
-            if (mirror && gi < gj) out[gj * so_row + gi * so_col] += v;
-          }
-        }
-      }
+    // The chunk offset is a template constant: a branch on a value that differs between the
+    // consumers (as far as ptxas can tell, between threads) makes ptxas serialise every wgmma.
+    if (wg == 1 || !stagger) {
+      consume<kBF16, 0>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
+                        desc_strides);
+    } else {
+      consume<kBF16, 1>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
+                        desc_strides);
     }
   }
 #endif  // SLICEKIT_SM90_DEVICE
@@ -405,8 +427,11 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int grid = std::max(1, std::min(n_tiles, sms));
   auto kernel = bf16 ? cov_wgmma_kernel<true> : cov_wgmma_kernel<false>;
+  const char* env = std::getenv("SLICEKIT_COV_SM90_STAGGER");
+  const bool stagger = env == nullptr || std::strcmp(env, "0") != 0;
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(map, static_cast<int>(rows), static_cast<int>(d), n_tiles, chunk_kb,
-                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides());
+                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides(),
+                                                 stagger ? 1 : 0);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
