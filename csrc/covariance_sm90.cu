@@ -137,7 +137,10 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 
 // Keeps the compiler from moving reads or writes of the accumulator across the asynchronous MMAs.
 __device__ __forceinline__ void fence_operands(float (&d)[64]) {
@@ -189,10 +192,8 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
   }
 }
 
-// One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile. kOffset shifts its chunk
-// boundaries by that many k-blocks (staggered chunks: the two consumers then never wait for their
-// MMAs, to promote, at the same moment, and the tensor cores keep the other one's work queued).
-template <bool kBF16, int kOffset>
+// One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
+template <bool kBF16>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         int T, int num_kb, int n_tiles, int chunk_kb, double* __restrict__ out,
                                         int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
@@ -201,18 +202,22 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
   int s = 0;
   uint32_t phase = 0;
   int s_free = 0;  // the oldest stage this consumer has not handed back
+  auto release = [&]() {
+    if (tid == 0) mbar_arrive(&empty[s_free]);
+    if (++s_free == kStages) s_free = 0;
+  };
   for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
     int ti, tj;
     upper_tile(t, T, ti, tj);
     const bool diag = ti == tj;
 #pragma unroll
     for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
-    int held = 0;
+    bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     for (int kb = 0; kb < num_kb; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * kStageBytes + (diag ? 0 : kPanelBytes);
-      const int fresh = kb == 0 || (kb + kOffset) % chunk_kb == 0;
+      const int fresh = kb % chunk_kb == 0;
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < kBlockK / 16; ++k) {
@@ -221,25 +226,29 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
                                 smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
       }
       wgmma_commit();
-      ++held;
       if (++s == kStages) {
         s = 0;
         phase ^= 1;
       }
-      if ((kb + kOffset + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
-        wgmma_wait_all();
+      // Hand each stage back as soon as its MMAs are done (the newest group may still run), so
+      // the producer keeps kStages - 1 loads in flight instead of waiting for whole chunks.
+      if (pending) {
+        wgmma_wait<1>();
+        release();
+      }
+      pending = true;
+      if ((kb + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
+        wgmma_wait<0>();
         fence_operands(acc);
-        for (; held > 0; --held) {  // the chunk's MMAs are done reading its stages
-          if (tid == 0) mbar_arrive(&empty[s_free]);
-          if (++s_free == kStages) s_free = 0;
-        }
+        release();
+        pending = false;
 #pragma unroll
         for (int i = 0; i < 64; ++i) mid[i] += acc[i];
       }
     }
     // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
     // that, does not insert a wait of its own on this path.
-    wgmma_wait_all();
+    wgmma_wait<0>();
     fence_operands(acc);
 
     // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
@@ -268,8 +277,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 template <bool kBF16>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, int n_tiles, int chunk_kb,
-                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                     int stagger) {
+                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
 #ifdef SLICEKIT_SM90_DEVICE
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
@@ -320,15 +328,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    // The chunk offset is a template constant: a branch on a value that differs between the
-    // consumers (as far as ptxas can tell, between threads) makes ptxas serialise every wgmma.
-    if (wg == 1 || !stagger) {
-      consume<kBF16, 0>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
-                        desc_strides);
-    } else {
-      consume<kBF16, 1>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
-                        desc_strides);
-    }
+    consume<kBF16>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
+                   desc_strides);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -407,9 +408,8 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   SLICEKIT_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (ld * 2) % 16 == 0,
                  "slicekit: sm90 covariance: rows of X must be 16-byte aligned for TMA (ld = ", ld, ")");
   const int chunk_kb = static_cast<int>(chunk_rows / kBlockK);
-  SLICEKIT_CHECK(chunk_rows % kBlockK == 0 && chunk_kb >= 1 && chunk_kb < kStages,
-                 "slicekit: sm90 covariance: chunk_rows must be a multiple of ", kBlockK, " below ", kBlockK * kStages,
-                 ", got ", chunk_rows);
+  SLICEKIT_CHECK(chunk_rows % kBlockK == 0 && chunk_kb >= 1,
+                 "slicekit: sm90 covariance: chunk_rows must be a positive multiple of ", kBlockK, ", got ", chunk_rows);
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
@@ -427,11 +427,8 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int grid = std::max(1, std::min(n_tiles, sms));
   auto kernel = bf16 ? cov_wgmma_kernel<true> : cov_wgmma_kernel<false>;
-  const char* env = std::getenv("SLICEKIT_COV_SM90_STAGGER");
-  const bool stagger = env == nullptr || std::strcmp(env, "0") != 0;
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(map, static_cast<int>(rows), static_cast<int>(d), n_tiles, chunk_kb,
-                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides(),
-                                                 stagger ? 1 : 0);
+                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
