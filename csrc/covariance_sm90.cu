@@ -61,18 +61,17 @@ constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // +
 #endif
 
 #ifdef SLICEKIT_SM90_DEVICE
-constexpr int kGroup = 8;  // tile-rows per band of the schedule
 
-// Upper-triangle tile number -> (ti, tj), ti <= tj, of a T x T tile grid: bands of kGroup tile-rows;
+// Upper-triangle tile number -> (ti, tj), ti <= tj, of a T x T tile grid: bands of `group` tile-rows;
 // inside a band first its own triangle column by column, then its full columns to the right.
-__device__ __forceinline__ void upper_tile(int p, int T, int& ti, int& tj) {
+__device__ __forceinline__ void upper_tile(int p, int T, int group, int& ti, int& tj) {
   int i0 = 0;
-  int g = T < kGroup ? T : kGroup;
+  int g = T < group ? T : group;
   int band = g * (g + 1) / 2 + g * (T - g);
   while (p >= band) {
     p -= band;
-    i0 += kGroup;
-    g = T - i0 < kGroup ? T - i0 : kGroup;
+    i0 += group;
+    g = T - i0 < group ? T - i0 : group;
     band = g * (g + 1) / 2 + g * (T - i0 - g);
   }
   const int tri = g * (g + 1) / 2;
@@ -192,11 +191,13 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
   }
 }
 
-// One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16>
+// One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile. kDepth: k-blocks of MMAs
+// left in flight while the consumer goes on to the next stage.
+template <bool kBF16, int kDepth>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         int T, int num_kb, int n_tiles, int chunk_kb, double* __restrict__ out,
-                                        int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
+                                        int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
+                                        int stages, int group) {
   float acc[64];
   float mid[64];
   int s = 0;
@@ -204,15 +205,15 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
   int s_free = 0;  // the oldest stage this consumer has not handed back
   auto release = [&]() {
     if (tid == 0) mbar_arrive(&empty[s_free]);
-    if (++s_free == kStages) s_free = 0;
+    if (++s_free == stages) s_free = 0;
   };
   for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
     int ti, tj;
-    upper_tile(t, T, ti, tj);
+    upper_tile(t, T, group, ti, tj);
     const bool diag = ti == tj;
 #pragma unroll
     for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
-    bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
+    int inflight = 0;  // committed k-blocks whose MMAs may still be reading their stages
     for (int kb = 0; kb < num_kb; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
@@ -226,22 +227,21 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
                                 smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
       }
       wgmma_commit();
-      if (++s == kStages) {
+      if (++s == stages) {
         s = 0;
         phase ^= 1;
       }
-      // Hand each stage back as soon as its MMAs are done (the newest group may still run), so
-      // the producer keeps kStages - 1 loads in flight instead of waiting for whole chunks.
-      if (pending) {
-        wgmma_wait<1>();
+      // Hand each stage back as soon as its MMAs are done (the newest kDepth groups may still run),
+      // so the producer keeps loads in flight instead of waiting for whole chunks.
+      if (++inflight > kDepth) {
+        wgmma_wait<kDepth>();
         release();
+        --inflight;
       }
-      pending = true;
       if ((kb + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
         wgmma_wait<0>();
         fence_operands(acc);
-        release();
-        pending = false;
+        for (; inflight > 0; --inflight) release();
 #pragma unroll
         for (int i = 0; i < 64; ++i) mid[i] += acc[i];
       }
@@ -274,10 +274,11 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 }
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16>
+template <bool kBF16, int kDepth>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, int n_tiles, int chunk_kb,
-                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides) {
+                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
+                     int stages, int group) {
 #ifdef SLICEKIT_SM90_DEVICE
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
@@ -290,7 +291,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < stages; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], kConsumers);
     }
@@ -306,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint32_t phase = 0;
       for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
         int ti, tj;
-        upper_tile(t, T, ti, tj);
+        upper_tile(t, T, group, ti, tj);
         const bool diag = ti == tj;
         for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
@@ -319,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             tma_load(stage + kPanelBytes, &map, &full[s], tj * kTile, row);
             tma_load(stage + kPanelBytes + kBoxBytes, &map, &full[s], tj * kTile + kBox, row);
           }
-          if (++s == kStages) {
+          if (++s == stages) {
             s = 0;
             phase ^= 1;
           }
@@ -328,8 +329,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
-                   desc_strides);
+    consume<kBF16, kDepth>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
+                   desc_strides, stages, group);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -366,6 +367,11 @@ uint64_t desc_strides() {
   return (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);  // 1 << 62: 128B swizzle
 }
 
+template <typename Kernel>
+bool set_smem(Kernel kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) == cudaSuccess;
+}
+
 struct DeviceInfo {
   bool usable = false;
   int sms = 0;
@@ -386,12 +392,9 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     if (cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-        cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false>) == cudaSuccess && attr.binaryVersion >= 90 &&
-        encode_fn() != nullptr &&
-        cudaFuncSetAttribute(cov_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
-            cudaSuccess &&
-        cudaFuncSetAttribute(cov_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
-            cudaSuccess) {
+        cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 1>) == cudaSuccess && attr.binaryVersion >= 90 &&
+        encode_fn() != nullptr && set_smem(cov_wgmma_kernel<false, 1>) && set_smem(cov_wgmma_kernel<true, 1>) &&
+        set_smem(cov_wgmma_kernel<false, 2>) && set_smem(cov_wgmma_kernel<true, 2>)) {
       info.usable = true;
       info.sms = prop.multiProcessorCount;
     }
@@ -415,20 +418,42 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
   const cuuint32_t box[2] = {kBox, kBlockK};
   const cuuint32_t elem_strides[2] = {1, 1};
+  // SLICEKIT_COV_SM90_TUNE="stages,group,ctas,l2": pipeline stages (<= kStages), tile-rows per
+  // schedule band, persistent CTAs (0 = one per SM), TMA L2 promotion in bytes (0/64/128/256).
+  // For tuning sweeps; the defaults are the measured best on the H200.
+  int stages = kStages, group = 8, ctas = 0, l2 = 256;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_TUNE")) {
+    int a = 0, b = 0, c = 0, e = 0;
+    if (std::sscanf(env, "%d,%d,%d,%d", &a, &b, &c, &e) == 4 && a >= 2 && a <= kStages && b >= 1 && c >= 0) {
+      stages = a;
+      group = b;
+      ctas = c;
+      l2 = e;
+    }
+  }
+  const CUtensorMapL2promotion promo = l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+                                       : l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+                                       : l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
+                                                   : CU_TENSOR_MAP_L2_PROMOTION_NONE;
   const CUresult res = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
                                    const_cast<void*>(x), dims, strides, box, elem_strides,
                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                                   promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
   const int T = static_cast<int>((d + kTile - 1) / kTile);
   const int n_tiles = T * (T + 1) / 2;
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int grid = std::max(1, std::min(n_tiles, sms));
-  auto kernel = bf16 ? cov_wgmma_kernel<true> : cov_wgmma_kernel<false>;
+  const int grid = std::max(1, std::min(n_tiles, ctas > 0 ? ctas : sms));
+  // SLICEKIT_COV_SM90_DEPTH=2: two k-blocks of MMAs in flight per consumer instead of one.
+  const char* depth_env = std::getenv("SLICEKIT_COV_SM90_DEPTH");
+  const bool deep = depth_env != nullptr && std::strcmp(depth_env, "2") == 0;
+  auto kernel = bf16 ? (deep ? cov_wgmma_kernel<true, 2> : cov_wgmma_kernel<true, 1>)
+                     : (deep ? cov_wgmma_kernel<false, 2> : cov_wgmma_kernel<false, 1>);
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(map, static_cast<int>(rows), static_cast<int>(d), n_tiles, chunk_kb,
-                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides());
+                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides(),
+                                                 stages, group);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
