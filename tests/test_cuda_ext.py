@@ -252,12 +252,15 @@ needs_sm90 = pytest.mark.skipif(_SM90_PROBLEM is not None, reason=f"sm_90 wgmma 
 
 
 @needs_sm90
+@pytest.mark.parametrize("cluster", ["1", "0"], ids=["cluster", "single"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (64, 255),
-                                 (4097, 300), (40000, 136), (2000, 1000)])
-def test_covariance_sm90_matches_float64(dtype, n, d):
-    """The Hopper kernel on tile edges (d around 64/128), row counts around its 64-row stages, and
-    more rows than one launch takes (40000 > 32768); upper-only and mirrored forms."""
+                                 (4097, 300), (40000, 136), (2000, 1000), (700, 1408)])
+def test_covariance_sm90_matches_float64(monkeypatch, cluster, dtype, n, d):
+    """The Hopper kernel on tile edges (d around 64/128), row counts around its 64-row stages, more
+    rows than one launch takes (40000 > 32768), an odd number of tile columns (the cluster kernel's
+    last pair then has a tile past d); upper-only and mirrored forms; with and without clusters."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_CLUSTER", cluster)
     x = (torch.randn(n, d, device="cuda") + 0.25).to(dtype)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out0 = _rand_sym(d, "cuda")
