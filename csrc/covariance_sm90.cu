@@ -607,6 +607,10 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
     cfg.stream = stream;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
+    if (std::getenv("SLICEKIT_COV_SM90_VERBOSE") != nullptr) {
+      std::fprintf(stderr, "sm90 covariance: %d pairs, %d clusters resident, grid %u\n", n_pairs, clusters,
+                   cfg.gridDim.x);
+    }
     const cudaError_t err = cudaLaunchKernelEx(&cfg, bf16 ? cov_wgmma_kernel<true, true> : cov_wgmma_kernel<false, true>,
                                                map, static_cast<int>(rows), static_cast<int>(d), n_pairs, pairs, chunk_kb,
                                                out, so_row, so_col, mirror ? 1 : 0, strides_desc, stages, group);
