@@ -59,7 +59,7 @@ constexpr int kThreads = 128 * (1 + kConsumers);
 constexpr int kBoxBytes = kBlockK * kBox * 2;    // 8 KB
 constexpr int kPanelBytes = 2 * kBoxBytes;       // 128 columns of X, kBlockK rows
 constexpr int kStageBytes = 2 * kPanelBytes;     // the row panel I and the column panel J
-constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+constexpr int kSmemBytes = kStages * kStageBytes + 3 * kStages * 8 + 1024;  // + barriers + alignment slack
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SLICEKIT_SM90_DEVICE 1
 #endif
@@ -212,7 +212,7 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank
       "{\n"
       ".reg .b32 remote;\n"
       "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
       "}\n" ::"r"(smem_addr(bar)),
       "r"(rank)
       : "memory");
@@ -264,17 +264,10 @@ __device__ __forceinline__ void consume(const Walk& w, uint8_t* smem, uint64_t* 
   int s = 0;
   uint32_t phase = 0;
   int s_free = 0;  // the oldest stage this consumer has not handed back
-  // With clusters a stage is written by both CTAs' producers (the multicast half of panel I), so
-  // both must learn that it is free.
+  // Local arrivals only: with clusters the producers forward them to each other (see the kernel),
+  // off the path that issues MMAs.
   auto release = [&]() {
-    if (tid == 0) {
-      if constexpr (kCluster) {
-        mbar_arrive_cluster(&empty[s_free], 0);
-        mbar_arrive_cluster(&empty[s_free], 1);
-      } else {
-        mbar_arrive(&empty[s_free]);
-      }
-    }
+    if (tid == 0) mbar_arrive(&empty[s_free]);
     if (++s_free == stages) s_free = 0;
   };
   for (int item = w.first; item < w.count; item += w.step) {
@@ -357,6 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
+  uint64_t* peer_free = empty + kStages;  // clusters: the other CTA's stage s is free again
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
   const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
@@ -370,7 +364,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kCluster ? 2 * kConsumers : kConsumers);
+      mbar_init(&empty[s], kConsumers);
+      mbar_init(&peer_free[s], 1);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -392,6 +387,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         const bool diag = ti == tj;
         for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
+          if constexpr (kCluster) {
+            // Both CTAs write into each other's stage s (the multicast halves of panel I): tell the
+            // other producer that ours is free, and wait until it says the same of its own.
+            mbar_arrive_cluster(&peer_free[s], static_cast<uint32_t>(w.rank ^ 1));
+            mbar_wait(&peer_free[s], phase);
+          }
           uint8_t* stage = smem + s * kStageBytes;
           mbar_expect_tx(&full[s], diag ? kPanelBytes : kStageBytes);
           const int row = kb * kBlockK;
