@@ -3,9 +3,13 @@
 // Equation: C_ij += sum_n m_n x_ni x_nj for i <= j, and C_ji += the same value for i < j, so what one
 // call adds is exactly symmetric whatever `out` held before.
 //
-// Trade-off: the products run on cuBLAS tensor-core GEMMs (fp16/bf16 in, fp32 accumulate; a
-// hand-written MMA kernel would not get near cuBLAS), and only the long sum over rows is carried in
-// float64. Two ways to cover the upper triangle with GEMMs (SLICEKIT_COV_SCHEME):
+// On Hopper, 16-bit X goes to the wgmma kernel of covariance_sm90.cu (covariance_sm90 below), which
+// promotes its accumulator in registers; everything else (Ampere, fp32, float64, SLICEKIT_COV_SM90=0)
+// takes the cuBLAS path described here.
+//
+// Trade-off: the products run on cuBLAS tensor-core GEMMs (fp16/bf16 in, fp32 accumulate), and only
+// the long sum over rows is carried in float64. Two ways to cover the upper triangle with GEMMs
+// (SLICEKIT_COV_SCHEME):
 //   "blocks" (default): square B x B blocks tile the upper block triangle and run as ONE
 //     pointer-array batched GEMM (plus one GEMM for the right-hand strip and one for the corner
 //     when B does not divide d). Every block is in the same launch, so the GPU fills up once.
@@ -23,8 +27,8 @@
 // the error is a bias linear in the chunk length and only ~256-row chunks stay under 1e-6. The
 // extension probes this once per device and picks 8192 or 256; the short chunks cost speed (every
 // chunk re-reads and re-writes the fp32 triangle in the GEMM epilogue), which no cuBLAS call can
-// avoid: the fix would be a GEMM that promotes its accumulator in registers, which cuBLAS does not
-// offer (the Triton backend does). Chunk results are summed in fp32 by the GEMM epilogue (beta = 1,
+// avoid: the fix is a GEMM that promotes its accumulator in registers, which cuBLAS does not offer
+// (the Triton kernel and covariance_sm90.cu do). Chunk results are summed in fp32 by the GEMM epilogue (beta = 1,
 // round-to-nearest) for up to SLICEKIT_COV_FLUSH_ROWS rows (32768, or 8192 with short chunks), then
 // one flush kernel adds the fp32 triangle into the float64 `out` and writes the mirrored lower
 // element. A mask is applied by a masked copy of each chunk (one memory pass), only when a mask is
