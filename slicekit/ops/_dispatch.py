@@ -78,9 +78,9 @@ def available_backends(op: str, device: torch.device | str | None = None) -> lis
 
 
 # Automatic order per op on CUDA, fastest first as measured on the H200 (benchmarks/results,
-# README): the Triton covariance kernel beats the cuBLAS-tiled extension (0.60 vs 1.5 ms at
-# d=4096, N=16384) because it restarts its fp32 accumulator every 128 rows inside the kernel,
-# while cuBLAS must be called per short chunk to stay within 1e-6 of float64.
+# README): for covariance the Triton kernel (0.54-0.56 ms at d=4096, N=16384) still beats the
+# extension's Hopper wgmma kernel (0.62-0.68 ms; covariance_sm90.json) and, by far, its cuBLAS
+# path (1.5 ms: cuBLAS must be called per short chunk to stay within 1e-6 of float64).
 AUTO_ORDER = {
     "covariance_accumulate": ("triton", "cuda"),
     "rotate_slice": ("cuda", "triton"),
