@@ -269,7 +269,8 @@ def _no_gpu_env():
 
 @pytest.mark.parametrize("script,args", [("sliced_gemm.py", ["--quick"]), ("e2e_latency.py", ["--quick"]),
                                          ("covariance_variants.py", []), ("eigh_backends.py", []),
-                                         ("host_transfer.py", []), ("cold_start.py", [])])
+                                         ("host_transfer.py", []), ("cold_start.py", []),
+                                         ("covariance_sm90_sweep.py", [])])
 def test_gpu_script_refuses_without_gpu(script, args):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], env=_no_gpu_env(),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
