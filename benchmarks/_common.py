@@ -6,6 +6,7 @@ after warm-up (triton.testing.do_bench when Triton is importable, CUDA events ot
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -42,6 +43,26 @@ MODEL_SHAPES = {
     "llama-2-13b": dict(hidden=5120, intermediate=13824, heads=40, kv_heads=40, layers=40, vocab=32000),
     "llama-2-70b": dict(hidden=8192, intermediate=28672, heads=64, kv_heads=8, layers=80, vocab=32000),
 }
+
+
+@contextlib.contextmanager
+def env_vars(**values):
+    """Set environment variables for one block (None removes one) and restore the old values after:
+    for knobs the CUDA extension reads per call."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def require_cuda(script: str) -> None:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _common import bench_ms, markdown_table, require_cuda, write_results  # noqa: E402
+from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
 
 # (SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK); the first is the default.
 SETTINGS = [
@@ -52,38 +52,29 @@ def main(argv=None) -> int:
         return 2
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
     op = torch.ops.slicekit.covariance_accumulate
-    saved = {k: os.environ.get(k) for k in ("SLICEKIT_COV_SM90_TUNE", "SLICEKIT_COV_SM90_CHUNK")}
     rows = []
-    try:
-        for d in args.d:
-            x = activations(args.n, d, dtype)
-            path = torch.ops.slicekit.covariance_path(x)
-            if path != "sm90_wgmma":
-                print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
-                return 2
-            xd = x.double()
-            ref = xd.T @ xd
-            del xd
-            gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
-            out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
-            for tune, chunk in SETTINGS:
-                os.environ["SLICEKIT_COV_SM90_TUNE"] = tune
-                os.environ["SLICEKIT_COV_SM90_CHUNK"] = chunk
+    for d in args.d:
+        x = activations(args.n, d, dtype)
+        path = torch.ops.slicekit.covariance_path(x)
+        if path != "sm90_wgmma":
+            print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
+            return 2
+        xd = x.double()
+        ref = xd.T @ xd
+        del xd
+        gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
+        out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+        for tune, chunk in SETTINGS:
+            with env_vars(SLICEKIT_COV_SM90_TUNE=tune, SLICEKIT_COV_SM90_CHUNK=chunk):
                 out.zero_()
                 op(x, None, out, True)
                 err = float((out - ref).norm() / ref.norm())
                 ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
-                rows.append(dict(d=d, N=args.n, dtype=args.dtype, tune=tune, chunk_rows=int(chunk), ms=ms,
-                                 x_gemm=gemm / ms, rel_err=err, gemm_ms=gemm, default=(tune, chunk) == SETTINGS[0]))
-                print(rows[-1], file=sys.stderr, flush=True)
-            del x, ref, out
-            torch.cuda.empty_cache()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            rows.append(dict(d=d, N=args.n, dtype=args.dtype, tune=tune, chunk_rows=int(chunk), ms=ms,
+                             x_gemm=gemm / ms, rel_err=err, gemm_ms=gemm, default=(tune, chunk) == SETTINGS[0]))
+            print(rows[-1], file=sys.stderr, flush=True)
+        del x, ref, out
+        torch.cuda.empty_cache()
     print(markdown_table(rows, ["d", "dtype", "tune", "chunk_rows", "ms", "x_gemm", "rel_err", "default"]))
     print(f"wrote {write_results('covariance_sm90_sweep', rows)}")
     return 0

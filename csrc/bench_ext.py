@@ -16,6 +16,9 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from _common import env_vars  # noqa: E402
+
 
 def _bench_ms(fn) -> float:
     try:
@@ -55,27 +58,14 @@ def covariance_sweep(n: int, d: int) -> None:
                 ("blocks", None, 256), ("blocks", None, 1024), ("blocks", None, 8192), ("recursive", None, 8192),
                 ("blocks", 128, 8192), ("blocks", 512, 8192), ("recursive", 384, 8192), ("blocks", None, 16384)]
     for scheme, block, chunk in settings:
-        env = {"SLICEKIT_COV_SCHEME": scheme}
-        if block:
-            env["SLICEKIT_COV_BLOCK"] = str(block)
-        if chunk:
-            env["SLICEKIT_COV_CHUNK"] = str(chunk)
-        saved = {k: os.environ.get(k) for k in ("SLICEKIT_COV_SCHEME", "SLICEKIT_COV_BLOCK", "SLICEKIT_COV_CHUNK")}
-        os.environ.update(env)
-        for k in saved:
-            if k not in env:
-                os.environ.pop(k, None)
-        try:
+        # SLICEKIT_COV_SM90=0: this sweep is of the cuBLAS path (Hopper would otherwise run the wgmma kernel).
+        knobs = dict(SLICEKIT_COV_SM90="0", SLICEKIT_COV_SCHEME=scheme, SLICEKIT_COV_BLOCK=block or None,
+                     SLICEKIT_COV_CHUNK=chunk or None)
+        with env_vars(**knobs):
             out.zero_()
             torch.ops.slicekit.covariance_accumulate(x, None, out)
             err = _rel_fro(out, ref)
             ms = _bench_ms(lambda: torch.ops.slicekit.covariance_accumulate(x, None, out))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         rows.append((scheme, block or "default", chunk or "default", ms, full_fp16 / ms, fp64 / ms, err))
     print(f"\n### covariance_accumulate, fp16 X [{n}, {d}] (full fp16->fp32 GEMM {full_fp16:.3f} ms, float64 GEMM {fp64:.3f} ms)\n")
     print("| scheme | block | chunk | ms | vs fp16 full GEMM | vs float64 | rel. Frobenius error |")
