@@ -271,6 +271,20 @@ struct StorageOf<double> {
   using type = uint64_t;
 };
 
+// A chunk of X into a buffer whose rows are 16-byte aligned (masked rows zeroed, the buffer's
+// padding columns zeroed): 16 bytes per thread where the source rows allow it, one element otherwise.
+template <typename input_t>
+void copy_chunk(const char* src, int64_t src_ld_bytes, const uint8_t* mask, int64_t rows, int64_t row_bytes, char* dst,
+                int64_t dst_ld_bytes, cudaStream_t stream) {
+  const bool vec16 = reinterpret_cast<uintptr_t>(src) % 16 == 0 && src_ld_bytes % 16 == 0 && row_bytes % 16 == 0;
+  if (vec16) {
+    launch_copy<uint4>(src, src_ld_bytes, mask, rows, row_bytes, dst, dst_ld_bytes, dst_ld_bytes, stream);
+  } else {
+    launch_copy<typename StorageOf<input_t>::type>(src, src_ld_bytes, mask, rows, row_bytes, dst, dst_ld_bytes,
+                                                   dst_ld_bytes, stream);
+  }
+}
+
 // Pseudo-random multiples of 1/1024 in (0, 1] from an integer hash, so the probe leaves torch's RNG alone.
 __global__ void cov_probe_fill_kernel(c10::Half* __restrict__ x, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -329,8 +343,10 @@ bool env_is(const char* name, const char* value) {
 
 // 16-bit X on Hopper: the wgmma kernel, launch by launch of sm90::kLaunchRows rows. X is first copied
 // (masked rows zeroed, rows padded to 16 bytes) when it has a mask or rows TMA cannot address.
-void covariance_sm90(const CovarianceParams& p, bool bf16, cudaStream_t stream) {
-  constexpr int64_t kElem = 2;
+template <typename input_t>
+void covariance_sm90(const CovarianceParams& p, cudaStream_t stream) {
+  constexpr int64_t kElem = sizeof(input_t);
+  constexpr bool bf16 = std::is_same_v<input_t, c10::BFloat16>;
   const int64_t d = p.dim;
   const char* x_bytes = static_cast<const char*>(p.x_ptr);
   const int64_t x_ld = p.stride_x_row;
@@ -353,11 +369,7 @@ void covariance_sm90(const CovarianceParams& p, bool bf16, cudaStream_t stream) 
     if (copy) {
       char* dst = static_cast<char*>(xbuf.data_ptr());
       const uint8_t* mask = p.mask_ptr != nullptr ? p.mask_ptr + start : nullptr;
-      if (aligned && (d * kElem) % 16 == 0) {
-        launch_copy<uint4>(src, x_ld * kElem, mask, rows, d * kElem, dst, buf_ld * kElem, buf_ld * kElem, stream);
-      } else {
-        launch_copy<uint16_t>(src, x_ld * kElem, mask, rows, d * kElem, dst, buf_ld * kElem, buf_ld * kElem, stream);
-      }
+      copy_chunk<input_t>(src, x_ld * kElem, mask, rows, d * kElem, dst, buf_ld * kElem, stream);
       base = dst;
       ld = buf_ld;
     }
@@ -390,7 +402,7 @@ void covariance_accumulate_cuda(const CovarianceParams& p) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   if constexpr (std::is_same_v<input_t, c10::Half> || std::is_same_v<input_t, c10::BFloat16>) {
     if (sm90::usable(c10::cuda::current_device())) {
-      covariance_sm90(p, std::is_same_v<input_t, c10::BFloat16>, stream);
+      covariance_sm90<input_t>(p, stream);
       return;
     }
   }
@@ -457,13 +469,7 @@ void covariance_accumulate_cuda(const CovarianceParams& p) {
       const char* src = x_bytes + k0 * x_ld * kElem;
       char* dst = static_cast<char*>(xbuf.data_ptr());
       const uint8_t* mask = p.mask_ptr != nullptr ? p.mask_ptr + k0 : nullptr;
-      const bool vec16 = reinterpret_cast<uintptr_t>(src) % 16 == 0 && (x_ld * kElem) % 16 == 0 && (d * kElem) % 16 == 0;
-      if (vec16) {
-        launch_copy<uint4>(src, x_ld * kElem, mask, kc, d * kElem, dst, buf_ld * kElem, buf_ld * kElem, stream);
-      } else {
-        launch_copy<typename StorageOf<input_t>::type>(src, x_ld * kElem, mask, kc, d * kElem, dst, buf_ld * kElem,
-                                                       buf_ld * kElem, stream);
-      }
+      copy_chunk<input_t>(src, x_ld * kElem, mask, kc, d * kElem, dst, buf_ld * kElem, stream);
       base = dst;
       ld = buf_ld;
     } else {

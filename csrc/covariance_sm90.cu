@@ -377,35 +377,26 @@ bool set_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) == cudaSuccess;
 }
 
-struct DeviceInfo {
-  bool usable = false;
-  int sms = 0;
-};
-
 }  // namespace
 
 bool usable(int device) {
   const char* env = std::getenv("SLICEKIT_COV_SM90");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   static std::mutex mutex;
-  static std::unordered_map<int, DeviceInfo> cache;
+  static std::unordered_map<int, bool> cache;  // device -> usable
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(device);
   if (it == cache.end()) {
-    DeviceInfo info;
     cudaDeviceProp prop{};
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
-    if (cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-        cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false>) == cudaSuccess && attr.binaryVersion >= 90 &&
-        encode_fn() != nullptr && set_smem(cov_wgmma_kernel<false>) && set_smem(cov_wgmma_kernel<true>)) {
-      info.usable = true;
-      info.sms = prop.multiProcessorCount;
-    }
+    const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false>) == cudaSuccess && attr.binaryVersion >= 90 &&
+                    encode_fn() != nullptr && set_smem(cov_wgmma_kernel<false>) && set_smem(cov_wgmma_kernel<true>);
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
-    it = cache.emplace(device, info).first;
+    it = cache.emplace(device, ok).first;
   }
-  return it->second.usable;
+  return it->second;
 }
 
 void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
