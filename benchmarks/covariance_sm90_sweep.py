@@ -23,19 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
+from bench_covariance import activations  # noqa: E402  (the same calibration-like X)
 
 # (SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK); the first is the default.
 SETTINGS = [
     ("6,8,0,256", "128"), ("5,8,0,256", "128"), ("4,8,0,256", "128"), ("6,4,0,256", "128"),
     ("6,16,0,256", "128"), ("6,8,0,0", "128"), ("6,8,0,256", "256"), ("6,8,0,256", "16384"),
 ]
-
-
-def activations(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
-    g = torch.Generator(device="cuda").manual_seed(d)
-    x = torch.randn(n, d, device="cuda", generator=g) + 0.5
-    x[:, : max(1, d // 256)] *= 30.0
-    return x.to(dtype)
 
 
 def main(argv=None) -> int:
@@ -54,7 +48,7 @@ def main(argv=None) -> int:
     op = torch.ops.slicekit.covariance_accumulate
     rows = []
     for d in args.d:
-        x = activations(args.n, d, dtype)
+        x = activations(args.n, d, dtype, "cuda")
         path = torch.ops.slicekit.covariance_path(x)
         if path != "sm90_wgmma":
             print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
