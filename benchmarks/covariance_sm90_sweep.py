@@ -4,13 +4,18 @@ Times torch.ops.slicekit.covariance_accumulate(X, None, C, symmetric=False) -- t
 for each setting of its environment knobs, next to torch's fp16->fp32 GEMM in the same process:
   SLICEKIT_COV_SM90_CHUNK  rows between promotions of the MMA accumulator (128 = default; longer is
                            faster and drifts further from float64: the error column shows by how much)
-  SLICEKIT_COV_SM90_TUNE   "stages,band,ctas,l2": pipeline stages (<= 6), tile-rows per schedule band,
-                           persistent CTAs (0 = one per SM), TMA L2 promotion bytes
+  SLICEKIT_COV_SM90_TUNE   "stages,band,ctas,l2": pipeline stages (<= 6; <= 5 for 192-wide tiles),
+                           row blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
+                           promotion bytes
+  SLICEKIT_COV_SM90_TILE   output tile width, 128 or 192
+  SLICEKIT_COV_SM90_PROBE  1 = no copies, 2 = no MMAs: timing probes that split the time into feed
+                           and tensor-core work (their sums are garbage; err is not reported)
+The Triton kernel (the dispatcher's default) is timed on the same X for comparison.
 X is calibration-like (mean 0.5, a few channels 30x larger), N = 16384 rows. Medians of CUDA-event
 timings; the error is the relative Frobenius error of one symmetric call against float64.
 
-    python benchmarks/covariance_sm90_sweep.py            # d 4096 and 8192, fp16
-    python benchmarks/covariance_sm90_sweep.py --d 4096 --dtype bf16
+    python benchmarks/covariance_sm90_sweep.py                 # d 4096 and 8192, fp16, the tile sweep
+    python benchmarks/covariance_sm90_sweep.py --d 4096 --dtype bf16 --set tune
 """
 from __future__ import annotations
 
@@ -25,18 +30,30 @@ import torch  # noqa: E402
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
 from bench_covariance import activations  # noqa: E402  (the same calibration-like X)
 
-# (SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK); the first is the default.
-SETTINGS = [
-    ("6,8,0,256", "128"), ("5,8,0,256", "128"), ("4,8,0,256", "128"), ("6,4,0,256", "128"),
-    ("6,16,0,256", "128"), ("6,8,0,0", "128"), ("6,8,0,256", "256"), ("6,8,0,256", "16384"),
-]
+# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe) per named set.
+SETS = {
+    "tiles": [
+        ("128", "6,8,0,256", "128", "0"), ("128", "6,8,0,256", "16384", "0"), ("128", "6,8,0,256", "128", "1"),
+        ("128", "6,8,0,256", "128", "2"), ("192", "5,8,0,256", "128", "0"), ("192", "4,8,0,256", "128", "0"),
+        ("192", "5,4,0,256", "128", "0"), ("192", "5,16,0,256", "128", "0"), ("192", "5,8,0,256", "16384", "0"),
+        ("192", "5,8,0,256", "128", "1"), ("192", "5,8,0,256", "128", "2"),
+    ],
+    "tune": [
+        ("128", "6,8,0,256", "128", "0"), ("128", "5,8,0,256", "128", "0"), ("128", "4,8,0,256", "128", "0"),
+        ("128", "6,4,0,256", "128", "0"), ("128", "6,16,0,256", "128", "0"), ("128", "6,8,0,0", "128", "0"),
+        ("128", "6,8,0,256", "256", "0"), ("128", "6,8,0,256", "16384", "0"),
+    ],
+    "default": [("auto", "", "", "0")],
+}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d", type=int, nargs="+", default=[4096, 8192])
     p.add_argument("--n", type=int, default=16384)
-    p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+    p.add_argument("--dtype", choices=["fp16", "bf16"], nargs="+", default=["fp16"])
+    p.add_argument("--set", choices=sorted(SETS), default="tiles")
+    p.add_argument("--name", default="covariance_sm90_sweep", help="results file name (benchmarks/results/NAME.json)")
     args = p.parse_args(argv)
     require_cuda("covariance_sm90_sweep.py")
     from slicekit.ops._dispatch import _cuda_extension
@@ -44,33 +61,50 @@ def main(argv=None) -> int:
     if _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
         print("covariance_sm90_sweep.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
         return 2
-    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    from slicekit.kernels import covariance as kcov
+
     op = torch.ops.slicekit.covariance_accumulate
     rows = []
     for d in args.d:
-        x = activations(args.n, d, dtype, "cuda")
-        path = torch.ops.slicekit.covariance_path(x)
-        if path != "sm90_wgmma":
-            print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
-            return 2
-        xd = x.double()
-        ref = xd.T @ xd
-        del xd
-        gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
-        out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
-        for tune, chunk in SETTINGS:
-            with env_vars(SLICEKIT_COV_SM90_TUNE=tune, SLICEKIT_COV_SM90_CHUNK=chunk):
-                out.zero_()
-                op(x, None, out, True)
-                err = float((out - ref).norm() / ref.norm())
-                ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
-            rows.append(dict(d=d, N=args.n, dtype=args.dtype, tune=tune, chunk_rows=int(chunk), ms=ms,
-                             x_gemm=gemm / ms, rel_err=err, gemm_ms=gemm, default=(tune, chunk) == SETTINGS[0]))
+        for dname in args.dtype:
+            dtype = torch.float16 if dname == "fp16" else torch.bfloat16
+            x = activations(args.n, d, dtype, "cuda")
+            path = torch.ops.slicekit.covariance_path(x)
+            if path != "sm90_wgmma":
+                print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
+                return 2
+            xd = x.double()
+            ref = xd.T @ xd
+            del xd
+            gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
+            out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+            base = dict(d=d, N=args.n, dtype=dname, gemm_ms=gemm)
+
+            kcov.covariance_triton(x, None, out, symmetric=True)
+            err = float((out - ref).norm() / ref.norm())
+            ms = bench_ms(lambda: kcov.covariance_triton(x, None, out, symmetric=False))[0]  # noqa: B023
+            rows.append(dict(base, kernel="triton", tile="128", tune="", chunk_rows=128, probe="0", ms=ms,
+                             x_gemm=gemm / ms, rel_err=err))
             print(rows[-1], file=sys.stderr, flush=True)
-        del x, ref, out
-        torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "dtype", "tune", "chunk_rows", "ms", "x_gemm", "rel_err", "default"]))
-    print(f"wrote {write_results('covariance_sm90_sweep', rows)}")
+            for tile, tune, chunk, probe in SETS[args.set]:
+                knobs = dict(SLICEKIT_COV_SM90_TILE=None if tile == "auto" else tile,
+                             SLICEKIT_COV_SM90_TUNE=tune or None, SLICEKIT_COV_SM90_CHUNK=chunk or None,
+                             SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe)
+                with env_vars(**knobs):
+                    err = None
+                    if probe == "0":
+                        out.zero_()
+                        op(x, None, out, True)
+                        err = float((out - ref).norm() / ref.norm())
+                    ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
+                rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
+                                 probe=probe, ms=ms, x_gemm=gemm / ms, rel_err=err))
+                print(rows[-1], file=sys.stderr, flush=True)
+            del x, ref, out
+            torch.cuda.empty_cache()
+    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "ms", "x_gemm",
+                                "rel_err"]))
+    print(f"wrote {write_results(args.name, rows)}")
     return 0
 
 

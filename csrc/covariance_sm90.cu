@@ -50,16 +50,48 @@ namespace slicekit {
 namespace sm90 {
 namespace {
 
-constexpr int kTile = 128;                       // output tile side
+constexpr int kTile = 128;                       // output rows per tile (two consumers x 64)
 constexpr int kBox = 64;                         // TMA box width: 64 16-bit values = one 128-byte swizzle row
 constexpr int kBlockK = 64;                      // rows of X per pipeline stage
-constexpr int kStages = 6;
 constexpr int kConsumers = 2;                    // warpgroups issuing MMAs, 64 output rows each
 constexpr int kThreads = 128 * (1 + kConsumers);
 constexpr int kBoxBytes = kBlockK * kBox * 2;    // 8 KB
-constexpr int kPanelBytes = 2 * kBoxBytes;       // 128 columns of X, kBlockK rows
-constexpr int kStageBytes = 2 * kPanelBytes;     // the row panel I and the column panel J
-constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+constexpr int kPanelBytes = 2 * kBoxBytes;       // the row panel I: 128 columns of X, kBlockK rows
+
+// A tile is kTile output rows by kN columns. kN = 128: square tiles on the diagonal (a diagonal tile
+// multiplies panel I by itself); kN = 192: 1.5x the MMAs per byte of X brought into shared memory,
+// which is what bounds the square tiles (README), at 192 fp32 registers per consumer thread for
+// `acc` and `mid` -- the most the register file allows with promotion in registers.
+template <int kN>
+struct Shape {
+  static constexpr int kBoxesJ = kN / kBox;
+  static constexpr int kStageBytes = kPanelBytes + kBoxesJ * kBoxBytes;  // panels I and J
+  static constexpr int kStages = kN == 128 ? 6 : 5;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+  static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
+};
+
+// Which output tiles a launch computes: R row blocks of kTile, C column blocks of kN. Column block J
+// starts at kN * J - off: the partial block, if d is not a multiple of kN, is the leftmost one, where
+// the upper triangle has the fewest rows (off = 0 for kN = kTile).
+struct Tiling {
+  int R, C, off, group, n_tiles;
+};
+
+// First column block that row block I needs (its last column reaches the diagonal).
+template <int kN>
+__host__ __device__ __forceinline__ int first_block(int I, int off) {
+  const int num = kTile * I - (kN - 1) + off;
+  return num <= 0 ? 0 : (num + kN - 1) / kN;
+}
+
+template <int kN>
+__host__ __device__ inline int count_tiles(int R, int C, int off) {
+  int n = 0;
+  for (int I = 0; I < R; ++I) n += C - first_block<kN>(I, off);
+  return n;
+}
+
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SLICEKIT_SM90_DEVICE 1
 #endif
@@ -88,6 +120,40 @@ __device__ __forceinline__ void upper_tile(int p, int T, int group, int& ti, int
     const int rect = p - tri;
     ti = i0 + rect % g;
     tj = i0 + g + rect / g;
+  }
+}
+
+// The same schedule for kTile x kN tiles: bands of `group` row blocks, column by column inside a band.
+template <int kN>
+__device__ __forceinline__ void rect_tile(int p, const Tiling& g, int& ti, int& tj) {
+  for (int i0 = 0;; i0 += g.group) {
+    const int rows = g.R - i0 < g.group ? g.R - i0 : g.group;
+    int band = 0;
+    for (int I = i0; I < i0 + rows; ++I) band += g.C - first_block<kN>(I, g.off);
+    if (p >= band) {
+      p -= band;
+      continue;
+    }
+    for (int J = first_block<kN>(i0, g.off);; ++J) {
+      int last = (kN * J - g.off + kN - 1) / kTile;  // the last row block whose rows reach column block J
+      if (last > i0 + rows - 1) last = i0 + rows - 1;
+      const int n = last - i0 + 1;
+      if (p < n) {
+        ti = i0 + p;
+        tj = J;
+        return;
+      }
+      p -= n;
+    }
+  }
+}
+
+template <int kN>
+__device__ __forceinline__ void tile_of(int p, const Tiling& g, int& ti, int& tj) {
+  if constexpr (kN == kTile) {
+    upper_tile(p, g.R, g.group, ti, tj);
+  } else {
+    rect_tile<kN>(p, g, ti, tj);
   }
 }
 
@@ -146,63 +212,79 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 
 // Keeps the compiler from moving reads or writes of the accumulator across the asynchronous MMAs.
-__device__ __forceinline__ void fence_operands(float (&d)[64]) {
+template <int kRegs>
+__device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < kRegs; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// d[64 x 128] (+)= A[64 x 16] B[16 x 128], both operands M/N-major in shared memory (trans-a = trans-b = 1);
-// scale_d = 0 ignores what d held (a fresh chunk).
-#define SLICEKIT_WGMMA_OPERANDS                                                                             \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),            \
-      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),            \
-      "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),            \
-      "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),            \
-      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),            \
-      "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),            \
-      "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define SLICEKIT_F8(i)                                                                                  \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+      "+f"(d[i + 7])
+#define SLICEKIT_F64(i) \
+  SLICEKIT_F8(i), SLICEKIT_F8(i + 8), SLICEKIT_F8(i + 16), SLICEKIT_F8(i + 24), SLICEKIT_F8(i + 32), \
+      SLICEKIT_F8(i + 40), SLICEKIT_F8(i + 48), SLICEKIT_F8(i + 56)
 
-#define SLICEKIT_WGMMA_REGS                                                                             \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
-  "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "  \
-  "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "  \
-  "%62, %63}"
+#define SLICEKIT_WGMMA_REGS_64                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
+  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
+  "%59, %60, %61, %62, %63}"
+#define SLICEKIT_WGMMA_REGS_96                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
+  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
+  "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "  \
+  "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
 
-template <bool kBF16>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  if constexpr (kBF16) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SLICEKIT_WGMMA_REGS
-        ", %64, %65, p, 1, 1, 1, 1;\n"
-        "}\n"
-        : SLICEKIT_WGMMA_OPERANDS
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+// d[64 x N] (+)= A[64 x 16] B[16 x N], both operands M/N-major in shared memory (trans-a = trans-b = 1);
+// scale_d = 0 ignores what d held (a fresh chunk). desc_a, desc_b and scale_d are operands da, db, sd.
+#define SLICEKIT_WGMMA(shape, types, regs, da, db, sd)                                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" sd ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." types \
+               " " regs ", %" da ", %" db ", p, 1, 1, 1, 1;\n}\n"
+
+template <bool kBF16, int kN>
+__device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kN == 128 && kBF16) {
+    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kN == 128) {
+    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kN == 192 && kBF16) {
+    SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " SLICEKIT_WGMMA_REGS
-        ", %64, %65, p, 1, 1, 1, 1;\n"
-        "}\n"
-        : SLICEKIT_WGMMA_OPERANDS
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    static_assert(kN == 192, "tile widths: 128, 192");
+    SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }
 }
 
+// Column where column block tj of the tiling starts (negative for a partial leftmost block: TMA
+// fills the columns before 0 with zeros, and the epilogue skips them).
+template <int kN>
+__device__ __forceinline__ int block_col(int tj, const Tiling& g) {
+  return kN * tj - g.off;
+}
+
+// Timing probes (SLICEKIT_COV_SM90_PROBE; results are garbage): 1 = no TMA copies (the MMAs run on
+// whatever shared memory holds), 2 = no MMAs (the copies alone). They split the kernel's time into
+// the feed and the tensor-core work.
+constexpr int kProbeNoLoad = 1;
+constexpr int kProbeNoMma = 2;
+
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16>
+template <bool kBF16, int kN>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
-                                        int T, int num_kb, int n_tiles, int chunk_kb, double* __restrict__ out,
+                                        const Tiling& g, int num_kb, int chunk_kb, double* __restrict__ out,
                                         int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                                        int stages, int group) {
-  float acc[64];
-  float mid[64];
+                                        int stages, int probe) {
+  using S = Shape<kN>;
+  float acc[S::kAcc];
+  float mid[S::kAcc];
   int s = 0;
   uint32_t phase = 0;
   int s_free = 0;  // the oldest stage this consumer has not handed back
@@ -210,24 +292,37 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (tid == 0) mbar_arrive(&empty[s_free]);
     if (++s_free == stages) s_free = 0;
   };
-  for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+  if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
+    for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
+      for (int kb = 0; kb < num_kb; ++kb) {
+        mbar_wait(&full[s], phase);
+        if (tid == 0) mbar_arrive(&empty[s]);
+        if (++s == stages) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;
+  }
+  for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
     int ti, tj;
-    upper_tile(t, T, group, ti, tj);
-    const bool diag = ti == tj;
+    tile_of<kN>(t, g, ti, tj);
+    const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
-    for (int i = 0; i < 64; ++i) mid[i] = 0.0f;
+    for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     for (int kb = 0; kb < num_kb; ++kb) {
       mbar_wait(&full[s], phase);
-      const uint8_t* a = smem + s * kStageBytes + c * kBoxBytes;
-      const uint8_t* b = smem + s * kStageBytes + (diag ? 0 : kPanelBytes);
+      const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
+      const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
       const int fresh = kb % chunk_kb == 0;
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < kBlockK / 16; ++k) {
         // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-        wgmma_m64n128k16<kBF16>(acc, smem_desc(a + k * 16 * 128, desc_strides),
-                                smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
+        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
+                         (fresh && k == 0) ? 0 : 1);
       }
       wgmma_commit();
       if (++s == stages) {
@@ -248,7 +343,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         release();
         pending = false;
 #pragma unroll
-        for (int i = 0; i < 64; ++i) mid[i] += acc[i];
+        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
       }
     }
     // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
@@ -261,14 +356,15 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const int warp = tid / 32;
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
-    const int col0 = tj * kTile + 2 * (lane % 4);
+    const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kN / 8; ++i) {
 #pragma unroll
       for (int h = 0; h < 4; ++h) {
         const int gi = row0 + (h >> 1) * 8;
         const int gj = col0 + 8 * i + (h & 1);
-        if (gi < d && gj < d && gi <= gj) {  // off-diagonal tiles hold only gi < gj
+        // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
+        if (gi < d && gj >= 0 && gj < d && gi <= gj) {
           const double v = static_cast<double>(mid[4 * i + h]);
           out[gi * so_row + gj * so_col] += v;
           if (mirror && gi < gj) out[gj * so_row + gi * so_col] += v;
@@ -279,20 +375,20 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 }
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16>
+template <bool kBF16, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
-    cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, int n_tiles, int chunk_kb,
+    cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                     int stages, int group) {
+                     int stages, int probe) {
 #ifdef SLICEKIT_SM90_DEVICE
+  using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
-  uint64_t* empty = full + kStages;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes);
+  uint64_t* empty = full + S::kStages;
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
-  const int T = (d + kTile - 1) / kTile;
   const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
 
   if (threadIdx.x == 0) {
@@ -310,20 +406,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+      for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
         int ti, tj;
-        upper_tile(t, T, group, ti, tj);
-        const bool diag = ti == tj;
+        tile_of<kN>(t, g, ti, tj);
+        const bool shared_panel = kN == kTile && ti == tj;
+        const int col_j = block_col<kN>(tj, g);
         for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
-          uint8_t* stage = smem + s * kStageBytes;
-          mbar_expect_tx(&full[s], diag ? kPanelBytes : kStageBytes);
+          uint8_t* stage = smem + s * S::kStageBytes;
           const int row = kb * kBlockK;
-          tma_load(stage, &map, &full[s], ti * kTile, row);
-          tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
-          if (!diag) {  // a diagonal tile multiplies panel I by itself
-            tma_load(stage + kPanelBytes, &map, &full[s], tj * kTile, row);
-            tma_load(stage + kPanelBytes + kBoxBytes, &map, &full[s], tj * kTile + kBox, row);
+          if (probe == kProbeNoLoad) {
+            mbar_arrive(&full[s]);
+          } else {
+            mbar_expect_tx(&full[s], shared_panel ? kPanelBytes : S::kStageBytes);
+            tma_load(stage, &map, &full[s], ti * kTile, row);
+            tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
+            if (!shared_panel) {
+#pragma unroll
+              for (int bx = 0; bx < S::kBoxesJ; ++bx)
+                tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
+            }
           }
           if (++s == stages) {
             s = 0;
@@ -334,8 +436,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16>(smem, full, empty, wg - 1, tid, d, T, num_kb, n_tiles, chunk_kb, out, so_row, so_col, mirror,
-                   desc_strides, stages, group);
+    consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, out, so_row, so_col, mirror,
+                       desc_strides, stages, probe);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -372,9 +474,40 @@ uint64_t desc_strides() {
   return (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);  // 1 << 62: 128B swizzle
 }
 
-template <typename Kernel>
-bool set_smem(Kernel kernel) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) == cudaSuccess;
+template <bool kBF16, int kN>
+bool set_smem() {
+  return cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              Shape<kN>::kSmemBytes) == cudaSuccess;
+}
+
+// SLICEKIT_COV_SM90_TILE=128|192 forces a tile width; otherwise tile_width() picks it.
+int tile_width(int64_t d) {
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_TILE")) {
+    if (std::strcmp(env, "128") == 0) return 128;
+    if (std::strcmp(env, "192") == 0) return 192;
+  }
+  (void)d;
+  return 128;
+}
+
+template <int kN>
+void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out, int64_t so_row,
+                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int device,
+                  CUstream_st* stream) {
+  Tiling g{};
+  g.R = (d + kTile - 1) / kTile;
+  g.C = (d + kN - 1) / kN;
+  g.off = g.C * kN - d;
+  g.group = group;
+  g.n_tiles = kN == kTile ? g.R * (g.R + 1) / 2 : count_tiles<kN>(g.R, g.C, g.off);
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
+  auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
+  kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, out, so_row, so_col,
+                                                             mirror ? 1 : 0, desc_strides(),
+                                                             std::min(stages, Shape<kN>::kStages), probe);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -391,8 +524,9 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false>) == cudaSuccess && attr.binaryVersion >= 90 &&
-                    encode_fn() != nullptr && set_smem(cov_wgmma_kernel<false>) && set_smem(cov_wgmma_kernel<true>);
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128>) == cudaSuccess &&
+                    attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem<false, 128>() &&
+                    set_smem<true, 128>() && set_smem<false, 192>() && set_smem<true, 192>();
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
     it = cache.emplace(device, ok).first;
   }
@@ -413,19 +547,21 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
   const cuuint32_t box[2] = {kBox, kBlockK};
   const cuuint32_t elem_strides[2] = {1, 1};
-  // SLICEKIT_COV_SM90_TUNE="stages,group,ctas,l2": pipeline stages (<= kStages), tile-rows per
-  // schedule band, persistent CTAs (0 = one per SM), TMA L2 promotion in bytes (0/64/128/256).
-  // For tuning sweeps; the defaults are the measured best on the H200.
-  int stages = kStages, group = 8, ctas = 0, l2 = 256;
+  // SLICEKIT_COV_SM90_TUNE="stages,group,ctas,l2": pipeline stages (at most 6 for 128-wide tiles, 5
+  // for 192), row blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2 promotion in
+  // bytes (0/64/128/256). For tuning sweeps; the defaults are the measured best on the H200.
+  int stages = 6, group = 8, ctas = 0, l2 = 256;
   if (const char* env = std::getenv("SLICEKIT_COV_SM90_TUNE")) {
     int a = 0, b = 0, c = 0, e = 0;
-    if (std::sscanf(env, "%d,%d,%d,%d", &a, &b, &c, &e) == 4 && a >= 2 && a <= kStages && b >= 1 && c >= 0) {
+    if (std::sscanf(env, "%d,%d,%d,%d", &a, &b, &c, &e) == 4 && a >= 2 && a <= 6 && b >= 1 && c >= 0) {
       stages = a;
       group = b;
       ctas = c;
       l2 = e;
     }
   }
+  int probe = 0;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_PROBE")) probe = std::atoi(env);
   const CUtensorMapL2promotion promo = l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
                                        : l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
                                        : l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
@@ -436,16 +572,13 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
                                    promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
-  const int T = static_cast<int>((d + kTile - 1) / kTile);
-  const int n_tiles = T * (T + 1) / 2;
-  int sms = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int grid = std::max(1, std::min(n_tiles, ctas > 0 ? ctas : sms));
-  auto kernel = bf16 ? cov_wgmma_kernel<true> : cov_wgmma_kernel<false>;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(map, static_cast<int>(rows), static_cast<int>(d), n_tiles, chunk_kb,
-                                                 out, so_row, so_col, mirror ? 1 : 0, desc_strides(),
-                                                 stages, group);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (tile_width(d) == 192) {
+    launch_tiles<192>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
+                      stages, group, ctas, probe, device, stream);
+  } else {
+    launch_tiles<128>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
+                      stages, group, ctas, probe, device, stream);
+  }
 }
 
 }  // namespace sm90

@@ -252,13 +252,17 @@ needs_sm90 = pytest.mark.skipif(_SM90_PROBLEM is not None, reason=f"sm_90 wgmma 
 
 
 @needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (64, 255),
-                                 (4097, 300), (40000, 136), (2000, 1000), (300, 2176)])
-def test_covariance_sm90_matches_float64(dtype, n, d):
-    """The Hopper kernel on tile edges (d around 64/128), row counts around its 64-row stages, more
-    rows than one launch takes (40000 > 32768), more tiles than CTAs (d = 2176: 153 tiles, so the
-    persistent CTAs take a second one); upper-only and mirrored forms."""
+@pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (77, 191),
+                                 (500, 192), (333, 193), (64, 255), (4097, 300), (40000, 136), (2000, 1000),
+                                 (300, 2176), (200, 4096)])
+def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
+    """The Hopper kernel, both tile widths, on tile edges (d around 64/128/192; 192-wide column blocks
+    start left of column 0 when d is not a multiple of 192), row counts around its 64-row stages,
+    more rows than one launch takes (40000 > 32768), more tiles than CTAs (d = 2176 and 4096, so the
+    persistent CTAs take several); upper-only and mirrored forms."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     x = (torch.randn(n, d, device="cuda") + 0.25).to(dtype)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out0 = _rand_sym(d, "cuda")
@@ -287,11 +291,13 @@ def test_covariance_sm90_chunk_override(monkeypatch, chunk):
 
 
 @needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("tune", ["4,4,7,0", "2,1,1,128", "6,16,0,64"])
-def test_covariance_sm90_tuning_knobs(monkeypatch, tune):
+def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
     """SLICEKIT_COV_SM90_TUNE (stages, band rows, CTAs, L2 promotion) changes speed, never the sums:
-    few stages, one CTA walking every tile, other band shapes."""
+    few stages, one CTA walking every tile, other band shapes (6 stages is 5 for 192-wide tiles)."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", tune)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     x = (torch.randn(2500, 700, device="cuda") + 0.5).to(torch.bfloat16)
     out = torch.zeros(700, 700, dtype=torch.float64, device="cuda")
     torch.ops.slicekit.covariance_accumulate(x, None, out)
