@@ -72,8 +72,8 @@ struct Shape {
 };
 
 // Which output tiles a launch computes: R row blocks of kTile, C column blocks of kN. Column block J
-// starts at kN * J - off: the partial block, if d is not a multiple of kN, is the leftmost one, where
-// the upper triangle has the fewest rows (off = 0 for kN = kTile).
+// starts at kN * J - off: when d is not a multiple of kN, the leftmost block is the partial one, where
+// the upper triangle has the fewest rows (off = 0 for kN = kTile; a multiple of the TMA box otherwise).
 struct Tiling {
   int R, C, off, group, n_tiles;
 };
@@ -357,17 +357,45 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
+    // Streaming form (no mirror): the float64 read-modify-write goes in batches, all loads of a batch
+    // and then all its stores. Written as `out[k] += v` per element, the compiler must assume that each
+    // store may alias the next load and serialises them: 64-96 dependent round trips to memory per
+    // thread and tile (README: the kernel's time before and after). The batch sizes are the largest that
+    // ptxas fits beside `mid` without spilling (32 float64 for 128-wide tiles, 8 for 192); the mirrored
+    // form keeps the per-element loop (its mirror addresses spill).
+    constexpr int kBatch = kN == 128 ? 8 : 2;  // column groups of 8 per batch
+    static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
+    if (!mirror) {
 #pragma unroll
-    for (int i = 0; i < kN / 8; ++i) {
+      for (int i0 = 0; i0 < kN / 8; i0 += kBatch) {
+        double old[kBatch * 4];
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        const int gi = row0 + (h >> 1) * 8;
-        const int gj = col0 + 8 * i + (h & 1);
-        // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
-        if (gi < d && gj >= 0 && gj < d && gi <= gj) {
-          const double v = static_cast<double>(mid[4 * i + h]);
-          out[gi * so_row + gj * so_col] += v;
-          if (mirror && gi < gj) out[gj * so_row + gi * so_col] += v;
+        for (int k = 0; k < kBatch * 4; ++k) {
+          const int gi = row0 + ((k & 3) >> 1) * 8;
+          const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
+          // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
+          old[k] = gi < d && gj >= 0 && gj < d && gi <= gj ? out[gi * so_row + gj * so_col] : 0.0;
+        }
+#pragma unroll
+        for (int k = 0; k < kBatch * 4; ++k) {
+          const int gi = row0 + ((k & 3) >> 1) * 8;
+          const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
+          if (gi < d && gj >= 0 && gj < d && gi <= gj)
+            out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kN / 8; ++i) {
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int gi = row0 + (h >> 1) * 8;
+          const int gj = col0 + 8 * i + (h & 1);
+          if (gi < d && gj >= 0 && gj < d && gi <= gj) {
+            const double v = static_cast<double>(mid[4 * i + h]);
+            out[gi * so_row + gj * so_col] += v;
+            if (gi < gj) out[gj * so_row + gi * so_col] += v;
+          }
         }
       }
     }
@@ -497,7 +525,10 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   Tiling g{};
   g.R = (d + kTile - 1) / kTile;
   g.C = (d + kN - 1) / kN;
-  g.off = g.C * kN - d;
+  // Shift the column blocks left by whole TMA boxes only: copies that start at a column which is not a
+  // multiple of 8 (16 bytes) faulted on the H200 (illegal instruction at d = 1 with a 191-column
+  // shift), and the square tiling must not shift at all (its diagonal tiles are ti == tj).
+  g.off = kN == kTile ? 0 : (g.C * kN - d) / kBox * kBox;
   g.group = group;
   g.n_tiles = kN == kTile ? g.R * (g.R + 1) / 2 : count_tiles<kN>(g.R, g.C, g.off);
   int sms = 0;
