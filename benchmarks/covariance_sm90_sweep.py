@@ -8,6 +8,7 @@ for each setting of its environment knobs, next to torch's fp16->fp32 GEMM in th
                            row blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
                            promotion bytes
   SLICEKIT_COV_SM90_TILE   output tile width, 128 or 192
+  SLICEKIT_COV_SM90_STAGGER  stages by which the second consumer's chunks lag the first's
   SLICEKIT_COV_SM90_PROBE  1 = no copies, 2 = no MMAs: timing probes that split the time into feed
                            and tensor-core work (their sums are garbage; err is not reported)
 The Triton kernel (the dispatcher's default) is timed on the same X for comparison.
@@ -30,21 +31,28 @@ import torch  # noqa: E402
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
 from bench_covariance import activations  # noqa: E402  (the same calibration-like X)
 
-# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe) per named set.
+# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER) per named set.
 SETS = {
     "tiles": [
-        ("128", "6,8,0,256", "128", "0"), ("128", "6,8,0,256", "16384", "0"), ("128", "6,8,0,256", "128", "1"),
-        ("128", "6,8,0,256", "128", "2"), ("192", "5,8,0,256", "128", "0"), ("192", "4,8,0,256", "128", "0"),
-        ("192", "5,4,0,256", "128", "0"), ("192", "5,16,0,256", "128", "0"), ("192", "5,8,0,256", "16384", "0"),
-        ("192", "5,8,0,256", "128", "1"), ("192", "5,8,0,256", "128", "2"),
+        ("128", "6,8,0,256", "128", "0", "0"), ("128", "6,8,0,256", "16384", "0", "0"), ("128", "6,8,0,256", "128", "1", "0"),
+        ("128", "6,8,0,256", "128", "2", "0"), ("192", "5,8,0,256", "128", "0", "0"), ("192", "4,8,0,256", "128", "0", "0"),
+        ("192", "5,4,0,256", "128", "0", "0"), ("192", "5,16,0,256", "128", "0", "0"), ("192", "5,8,0,256", "16384", "0", "0"),
+        ("192", "5,8,0,256", "128", "1", "0"), ("192", "5,8,0,256", "128", "2", "0"),
     ],
     "tune": [
-        ("128", "6,8,0,256", "128", "0"), ("128", "5,8,0,256", "128", "0"), ("128", "4,8,0,256", "128", "0"),
-        ("128", "6,4,0,256", "128", "0"), ("128", "6,16,0,256", "128", "0"), ("128", "6,8,0,0", "128", "0"),
-        ("128", "6,8,0,256", "256", "0"), ("128", "6,8,0,256", "16384", "0"),
+        ("128", "6,8,0,256", "128", "0", "0"), ("128", "5,8,0,256", "128", "0", "0"), ("128", "4,8,0,256", "128", "0", "0"),
+        ("128", "6,4,0,256", "128", "0", "0"), ("128", "6,16,0,256", "128", "0", "0"), ("128", "6,8,0,0", "128", "0", "0"),
+        ("128", "6,8,0,256", "256", "0", "0"), ("128", "6,8,0,256", "16384", "0", "0"),
     ],
-    "choose": [("128", "6,8,0,256", "128", "0"), ("192", "5,8,0,256", "128", "0"), ("192", "4,8,0,256", "128", "0")],
-    "default": [("auto", "", "", "0")],
+    "choose": [("128", "6,8,0,256", "128", "0", "0"), ("192", "5,8,0,256", "128", "0", "0"), ("192", "4,8,0,256", "128", "0", "0")],
+    "stagger": [
+        ("128", "6,8,0,256", "128", "0", "0"), ("128", "6,8,0,256", "128", "0", "1"),
+        ("192", "5,8,0,256", "128", "0", "0"), ("192", "5,8,0,256", "128", "0", "1"),
+        ("192", "4,8,0,256", "128", "0", "0"), ("192", "4,8,0,256", "128", "0", "1"),
+        ("192", "4,16,0,256", "128", "0", "1"), ("192", "5,8,0,256", "192", "0", "0"),
+        ("192", "4,8,0,256", "192", "0", "1"), ("192", "4,8,0,256", "192", "0", "2"),
+    ],
+    "default": [("auto", "", "", "0", "0")],
 }
 
 
@@ -84,11 +92,12 @@ def main(argv=None) -> int:
             kcov.covariance_triton(x, None, out, symmetric=True)
             err = float((out - ref).norm() / ref.norm())
             ms = bench_ms(lambda: kcov.covariance_triton(x, None, out, symmetric=False))[0]  # noqa: B023
-            rows.append(dict(base, kernel="triton", tile="128", tune="", chunk_rows=128, probe="0", ms=ms,
+            rows.append(dict(base, kernel="triton", tile="128", tune="", chunk_rows=128, probe="0", stagger=0, ms=ms,
                              x_gemm=gemm / ms, rel_err=err))
             print(rows[-1], file=sys.stderr, flush=True)
-            for tile, tune, chunk, probe in SETS[args.set]:
+            for tile, tune, chunk, probe, stagger in SETS[args.set]:
                 knobs = dict(SLICEKIT_COV_SM90_TILE=None if tile == "auto" else tile,
+                             SLICEKIT_COV_SM90_STAGGER=None if stagger == "0" else stagger,
                              SLICEKIT_COV_SM90_TUNE=tune or None, SLICEKIT_COV_SM90_CHUNK=chunk or None,
                              SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe)
                 with env_vars(**knobs):
@@ -99,12 +108,12 @@ def main(argv=None) -> int:
                         err = float((out - ref).norm() / ref.norm())
                     ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
-                                 probe=probe, ms=ms, x_gemm=gemm / ms, rel_err=err))
+                                 probe=probe, stagger=int(stagger), ms=ms, x_gemm=gemm / ms, rel_err=err))
                 print(rows[-1], file=sys.stderr, flush=True)
             del x, ref, out
             torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "ms", "x_gemm",
-                                "rel_err"]))
+    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "ms",
+                                "x_gemm", "rel_err"]))
     print(f"wrote {write_results(args.name, rows)}")
     return 0
 

@@ -281,7 +281,7 @@ template <bool kBF16, int kN>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, double* __restrict__ out,
                                         int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                                        int stages, int probe) {
+                                        int stages, int probe, int phase_kb) {
   using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
@@ -312,11 +312,12 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
+    bool fresh = true;     // the next MMA starts a chunk
+    int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
     for (int kb = 0; kb < num_kb; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
-      const int fresh = kb % chunk_kb == 0;
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < kBlockK / 16; ++k) {
@@ -337,11 +338,14 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         release();
       }
       pending = true;
-      if ((kb + 1) % chunk_kb == 0 || kb + 1 == num_kb) {
+      fresh = false;
+      if (--left == 0 || kb + 1 == num_kb) {
         wgmma_wait<0>();
         fence_operands(acc);
         release();
         pending = false;
+        fresh = true;
+        left = chunk_kb;
 #pragma unroll
         for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
       }
@@ -407,7 +411,7 @@ template <bool kBF16, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                     int stages, int probe) {
+                     int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -465,7 +469,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, out, so_row, so_col, mirror,
-                       desc_strides, stages, probe);
+                       desc_strides, stages, probe, (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -520,7 +524,7 @@ int tile_width(int64_t d) {
 
 template <int kN>
 void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out, int64_t so_row,
-                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int device,
+                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int stagger, int device,
                   CUstream_st* stream) {
   Tiling g{};
   g.R = (d + kTile - 1) / kTile;
@@ -537,7 +541,7 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
   kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, out, so_row, so_col,
                                                              mirror ? 1 : 0, desc_strides(),
-                                                             std::min(stages, Shape<kN>::kStages), probe);
+                                                             std::min(stages, Shape<kN>::kStages), probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -593,6 +597,10 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   }
   int probe = 0;
   if (const char* env = std::getenv("SLICEKIT_COV_SM90_PROBE")) probe = std::atoi(env);
+  // SLICEKIT_COV_SM90_STAGGER=k: the second consumer ends its chunks k stages after the first, so the
+  // two do not drain their MMAs for promotion at the same time.
+  int stagger = 0;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_STAGGER")) stagger = std::max(0, std::atoi(env));
   const CUtensorMapL2promotion promo = l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
                                        : l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
                                        : l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
@@ -605,10 +613,10 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
   if (tile_width(d) == 192) {
     launch_tiles<192>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, device, stream);
+                      stages, group, ctas, probe, stagger, device, stream);
   } else {
     launch_tiles<128>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, device, stream);
+                      stages, group, ctas, probe, stagger, device, stream);
   }
 }
 

@@ -306,6 +306,24 @@ def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
 
 
 @needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
+@pytest.mark.parametrize("stagger,chunk", [("1", "128"), ("1", "192"), ("2", "192"), ("5", "128")])
+def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
+    """SLICEKIT_COV_SM90_STAGGER: the second consumer's chunks end `stagger` stages after the first's
+    (its first chunk is shorter; a stagger of a whole chunk or more is none). Same sums, and every
+    tile still starts from a fresh accumulator: 2 tiles per CTA at d = 2100 with 7 CTAs."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_STAGGER", stagger)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_CHUNK", chunk)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", "4,8,7,256")
+    x = (torch.randn(1000, 2100, device="cuda") + 0.5).to(torch.float16)
+    out = torch.zeros(2100, 2100, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, out, True)
+    assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(x.dtype, 1000, int(chunk))
+    assert torch.equal(out, out.T)
+
+
+@needs_sm90
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_covariance_sm90_copies_what_tma_cannot_read(dtype):
     """A mask, and rows that are not 16-byte aligned, go through a copy first; same sums."""
