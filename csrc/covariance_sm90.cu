@@ -1,6 +1,6 @@
 // Hopper (sm_90a) kernel for out[d, d] (float64) += X^T X, X [rows, d] in fp16 or bf16: only the
-// upper-triangle 128 x 128 tiles, tensor cores (wgmma) fed by TMA, the accumulator promoted out of
-// the tensor cores every `chunk` rows.
+// output tiles that reach the upper triangle, tensor cores (wgmma) fed by TMA, the accumulator
+// promoted out of the tensor cores every `chunk` rows.
 //
 // Why a hand-written kernel next to the cuBLAS path of covariance.cu: the tensor cores' fp32
 // accumulator truncates, so a long sum drifts (a bias linear in its length); cuBLAS can only be
@@ -13,21 +13,28 @@
 //   * one producer warpgroup (one thread) streams [64 rows x 64 columns] boxes of X through TMA
 //     into a ring of shared-memory stages (128-byte swizzle, rows past N / columns past d arrive as
 //     zeros), signalling `full` mbarriers;
-//   * two consumer warpgroups each own 64 rows of the 128 x 128 output tile and issue
-//     wgmma.m64n128k16 with both operands read straight from shared memory, M/N-major (X's rows are
+//   * two consumer warpgroups each own 64 rows of a 128 x kN output tile and issue
+//     wgmma.m64nNk16 with both operands read straight from shared memory, M/N-major (X's rows are
 //     the K dimension, so neither operand needs a transpose in memory);
 //   * a consumer keeps one group of MMAs in flight and hands each stage back through an `empty`
 //     mbarrier as soon as the MMAs reading it are done; it waits for all of them only at the end of
-//     a chunk, to promote (never promoting, which breaks the 1e-6 bound, is only ~7% faster);
-//   * persistent CTAs (one per SM) walk the upper-triangle tiles in bands of 8 tile-rows, so CTAs
-//     that run together share panels of X in L2.
-// Measured on the H200 (README; benchmarks/results/covariance_sm90*.json): 0.62-0.68 ms at d = 4096,
-// N = 16384 (1.2x torch's full fp16 GEMM; the cuBLAS path took 1.5 ms), 16-21% behind the Triton
-// kernel. Nsight Compute finds it latency-bound (tensor pipe ~49%, L2 47%): 2-CTA clusters that
-// multicast the shared row panel saved bandwidth and no time, and were dropped.
-// Epilogue: each consumer adds its 64 x 128 block of `mid`, widened to float64, into `out` (the
+//     a chunk, to promote. The second consumer's chunks end one stage after the first's (the
+//     "stagger"), so the two do not drain the tensor pipe at the same moment;
+//   * persistent CTAs (one per SM) walk the tiles in bands of 8 row blocks, so CTAs that run together
+//     share panels of X in L2.
+// Tile width kN: 128 (square tiles; a diagonal tile multiplies its panel by itself) or 192, the
+// default from d = 2048 on. Timing probes (covariance_sm90_exploration.json) showed where the time
+// goes at d = 4096, N = 16384 with square tiles: the TMA feed alone takes 0.41 ms, the MMAs alone
+// (no copies) 0.57-0.61 ms, both 0.66 ms -- the tensor-core side bounds the kernel, not bandwidth
+// (as Nsight Compute had said: tensor pipe ~49%, L2 47%; 2-CTA clusters that multicast the shared
+// row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
+// per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
+// registers, the most that promotion in registers allows. Together with the batched epilogue below
+// and the stagger: 0.53-0.55 ms at d = 4096 and 2.12-2.20 ms at d = 8192 (1.43-1.49x torch's full
+// fp16 GEMM, 16.6-17.2x float64; README), equal to or ahead of the Triton kernel.
+// Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
-// exactly symmetric). Diagonal tiles write only their upper half (and its mirror).
+// exactly symmetric). Tiles that cross the diagonal write only their part of the upper triangle.
 //
 // The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
 // kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
@@ -364,9 +371,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     // Streaming form (no mirror): the float64 read-modify-write goes in batches, all loads of a batch
     // and then all its stores. Written as `out[k] += v` per element, the compiler must assume that each
     // store may alias the next load and serialises them: 64-96 dependent round trips to memory per
-    // thread and tile (README: the kernel's time before and after). The batch sizes are the largest that
-    // ptxas fits beside `mid` without spilling (32 float64 for 128-wide tiles, 8 for 192); the mirrored
-    // form keeps the per-element loop (its mirror addresses spill).
+    // thread and tile, during which this SM's tensor cores idle (batching took d = 8192, 192-wide
+    // tiles from 2.69 to 2.46 ms). Batches: 32 float64 for 128-wide tiles, 8 for 192 -- larger ones
+    // spill (ptxas -v); the 192-wide kernel keeps one 8-byte spill slot here, gone with batches of 4.
+    // The mirrored form keeps the per-element loop: its mirror addresses spill when batched.
     constexpr int kBatch = kN == 128 ? 8 : 2;  // column groups of 8 per batch
     static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
     if (!mirror) {

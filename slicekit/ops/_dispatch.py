@@ -78,9 +78,11 @@ def available_backends(op: str, device: torch.device | str | None = None) -> lis
 
 
 # Automatic order per op on CUDA, fastest first as measured on the H200 (benchmarks/results,
-# README): for covariance the Triton kernel (0.54-0.56 ms at d=4096, N=16384) still beats the
-# extension's Hopper wgmma kernel (0.62-0.68 ms; covariance_sm90.json) and, by far, its cuBLAS
-# path (1.5 ms: cuBLAS must be called per short chunk to stay within 1e-6 of float64).
+# README). Covariance: the extension's Hopper wgmma kernel is now level with the Triton kernel at
+# d = 4096 (0.53-0.55 ms at N = 16384) and 5-15% ahead at d = 2048, 5120 and 8192
+# (covariance.json, commit a534066), but Triton stays first: the extension falls back to chunked
+# cuBLAS off Hopper (1.5 ms at d = 4096) and multiplies masked rows as zeros where Triton gathers
+# the kept rows, so Triton is the one default that is fast on every GPU and every input.
 AUTO_ORDER = {
     "covariance_accumulate": ("triton", "cuda"),
     "rotate_slice": ("cuda", "triton"),
