@@ -1,7 +1,8 @@
 """Tuning sweep of the CUDA extension's Hopper covariance kernel (csrc/covariance_sm90.cu).
 
 Times torch.ops.slicekit.covariance_accumulate(X, None, C, symmetric=False) -- the streaming call --
-for each setting of its environment knobs, next to torch's fp16->fp32 GEMM in the same process:
+(and with --sym the mirrored form, symmetric=True, as ms_sym) for each setting of its environment
+knobs, next to torch's fp16->fp32 GEMM in the same process:
   SLICEKIT_COV_SM90_CHUNK  rows between promotions of the MMA accumulator (128 = default; longer is
                            faster and drifts further from float64: the error column shows by how much)
   SLICEKIT_COV_SM90_TUNE   "stages,band,ctas,l2": pipeline stages (<= 6; <= 5 for 192-wide tiles),
@@ -9,8 +10,6 @@ for each setting of its environment knobs, next to torch's fp16->fp32 GEMM in th
                            promotion bytes
   SLICEKIT_COV_SM90_TILE   output tile width, 128 or 192
   SLICEKIT_COV_SM90_STAGGER  stages by which the second consumer's chunks lag the first's
-  SLICEKIT_COV_SM90_EPILOGUE  red = float64 adds as L2 reductions, rmw = loads then stores
-  SLICEKIT_COV_SM90_SPLIT  1 = cut the tiles of the last, partly filled wave into row ranges (red only)
   SLICEKIT_COV_SM90_PROBE  1 = no copies, 2 = no MMAs: timing probes that split the time into feed
                            and tensor-core work (their sums are garbage; err is not reported)
 The Triton kernel (the dispatcher's default) is timed on the same X for comparison.
@@ -23,7 +22,6 @@ timings; the error is the relative Frobenius error of one symmetric call against
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 
@@ -56,7 +54,6 @@ SETS = {
         ("192", "4,16,0,256", "128", "0", "1"), (*_T192, "192", "0", "0"), ("192", "4,8,0,256", "192", "0", "1"),
         ("192", "4,8,0,256", "192", "0", "2"),
     ],
-    "epilogue": [("auto", "", "", "0", "0")],
     "default": [("auto", "", "", "0", "0")],
 }
 
@@ -67,10 +64,6 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=16384)
     p.add_argument("--dtype", choices=["fp16", "bf16"], nargs="+", default=["fp16"])
     p.add_argument("--set", choices=sorted(SETS), default="tiles")
-    p.add_argument("--epilogue", nargs="+", default=[None], choices=["rmw", "red"],
-                   help="SLICEKIT_COV_SM90_EPILOGUE values to time each setting with (default: the built-in)")
-    p.add_argument("--split", nargs="+", default=[None], choices=["0", "1"],
-                   help="SLICEKIT_COV_SM90_SPLIT values (1: cut the last wave's tiles into row ranges; red only)")
     p.add_argument("--sym", action="store_true", help="also time the mirrored form (symmetric=True)")
     p.add_argument("--name", default="covariance_sm90_sweep", help="results file name (benchmarks/results/NAME.json)")
     args = p.parse_args(argv)
@@ -105,13 +98,11 @@ def main(argv=None) -> int:
             rows.append(dict(base, kernel="triton", tile="128", tune="", chunk_rows=128, probe="0", stagger=0, ms=ms,
                              x_gemm=gemm / ms, rel_err=err))
             print(rows[-1], file=sys.stderr, flush=True)
-            for (tile, tune, chunk, probe, stagger), epi, split in itertools.product(SETS[args.set], args.epilogue,
-                                                                                     args.split):
+            for tile, tune, chunk, probe, stagger in SETS[args.set]:
                 knobs = dict(SLICEKIT_COV_SM90_TILE=None if tile == "auto" else tile,
                              SLICEKIT_COV_SM90_STAGGER=None if stagger == "0" else stagger,
                              SLICEKIT_COV_SM90_TUNE=tune or None, SLICEKIT_COV_SM90_CHUNK=chunk or None,
-                             SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe,
-                             SLICEKIT_COV_SM90_EPILOGUE=epi, SLICEKIT_COV_SM90_SPLIT=split)
+                             SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe)
                 with env_vars(**knobs):
                     err = None
                     if probe == "0":
@@ -121,14 +112,13 @@ def main(argv=None) -> int:
                     ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
                     ms_sym = bench_ms(lambda: op(x, None, out, True))[0] if args.sym else None  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
-                                 probe=probe, stagger=int(stagger), epilogue=epi or "default", split=split or "default",
-                                 ms=ms,
+                                 probe=probe, stagger=int(stagger), ms=ms,
                                  x_gemm=gemm / ms, rel_err=err, ms_sym=ms_sym))
                 print(rows[-1], file=sys.stderr, flush=True)
             del x, ref, out
             torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epilogue",
-                                "split", "ms", "x_gemm", "rel_err", "ms_sym"]))
+    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "ms",
+                                "x_gemm", "rel_err", "ms_sym"]))
     print(f"wrote {write_results(args.name, rows)}")
     return 0
 

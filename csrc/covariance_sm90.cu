@@ -34,7 +34,10 @@
 // fp16 GEMM, 16.6-17.2x float64; README), equal to or ahead of the Triton kernel.
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
-// exactly symmetric). Tiles that cross the diagonal write only their part of the upper triangle.
+// exactly symmetric): batched loads then stores in the streaming form, L2 reductions in the
+// mirrored one (see consume()). Tiles that cross the diagonal write only their part of the upper
+// triangle. Cutting the last, partly filled wave of tiles into row ranges added by several CTAs
+// (L2 reductions) was measured and gained nothing (d08562b), so every tile is whole.
 //
 // The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
 // kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
@@ -83,10 +86,6 @@ struct Shape {
 // the upper triangle has the fewest rows (off = 0 for kN = kTile; a multiple of the TMA box otherwise).
 struct Tiling {
   int R, C, off, group, n_tiles;
-  // Work units: tiles [0, whole) whole, then each of the remaining tiles cut into `split` row ranges
-  // that different CTAs add into `out` by L2 reductions -- so the last, partly filled wave of tiles
-  // becomes `split` shorter ones (split = 1: no cutting).
-  int whole, split, n_units;
 };
 
 // First column block that row block I needs (its last column reaches the diagonal).
@@ -156,21 +155,6 @@ __device__ __forceinline__ void rect_tile(int p, const Tiling& g, int& ti, int& 
       }
       p -= n;
     }
-  }
-}
-
-// Work unit u -> its tile t and its k-blocks [kb0, kb1) of X's rows.
-__device__ __forceinline__ void unit_of(int u, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1) {
-  if (u < g.whole) {
-    t = u;
-    kb0 = 0;
-    kb1 = num_kb;
-  } else {
-    const int v = u - g.whole;
-    const int part = v % g.split;
-    t = g.whole + v / g.split;
-    kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * part / g.split);
-    kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (part + 1) / g.split);
   }
 }
 
@@ -311,7 +295,7 @@ template <bool kBF16, int kN>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, double* __restrict__ out,
                                         int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                                        int stages, int probe, int phase_kb, int red) {
+                                        int stages, int probe, int phase_kb) {
   using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
@@ -323,10 +307,8 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (++s_free == stages) s_free = 0;
   };
   if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
-    for (int u = blockIdx.x; u < g.n_units; u += gridDim.x) {
-      int t, kb0, kb1;
-      unit_of(u, g, num_kb, t, kb0, kb1);
-      for (int kb = kb0; kb < kb1; ++kb) {
+    for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
+      for (int kb = 0; kb < num_kb; ++kb) {
         mbar_wait(&full[s], phase);
         if (tid == 0) mbar_arrive(&empty[s]);
         if (++s == stages) {
@@ -337,10 +319,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
     return;
   }
-  for (int u = blockIdx.x; u < g.n_units; u += gridDim.x) {
-    int t, kb0, kb1;
-    unit_of(u, g, num_kb, t, kb0, kb1);
-    if (kb0 == kb1) continue;  // a cut tile with fewer k-blocks than parts
+  for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
     int ti, tj;
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
@@ -349,7 +328,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     bool fresh = true;     // the next MMA starts a chunk
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
-    for (int kb = kb0; kb < kb1; ++kb) {
+    for (int kb = 0; kb < num_kb; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
@@ -374,7 +353,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       }
       pending = true;
       fresh = false;
-      if (--left == 0 || kb + 1 == kb1) {
+      if (--left == 0 || kb + 1 == num_kb) {
         wgmma_wait<0>();
         fence_operands(acc);
         release();
@@ -396,33 +375,39 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
-    // Streaming form (no mirror): the float64 read-modify-write goes in batches, all loads of a batch
-    // and then all its stores. Written as `out[k] += v` per element, the compiler must assume that each
-    // store may alias the next load and serialises them: 64-96 dependent round trips to memory per
-    // thread and tile, during which this SM's tensor cores idle (batching took d = 8192, 192-wide
-    // tiles from 2.69 to 2.46 ms). Batches: 32 float64 for 128-wide tiles, 8 for 192 -- larger ones
-    // spill (ptxas -v); the 192-wide kernel keeps one 8-byte spill slot here, gone with batches of 4.
-    // The mirrored form keeps the per-element loop: its mirror addresses spill when batched.
-    constexpr int kBatch = kN == 128 ? 8 : 2;  // column groups of 8 per batch
-    static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
-    if (red) {
-      // One fire-and-forget float64 add per element, performed in L2: no round trip, no registers for
-      // the old values. Each element gets exactly one add per launch, so the result is the same as the
-      // read-modify-write, and a symmetric `out` stays exactly symmetric.
+    if (mirror) {
+      // The mirrored form: one fire-and-forget float64 add per element and per mirror element,
+      // performed in L2 (red.global.add) -- no round trip, no registers for the old values, and the
+      // mirror addresses, which spill when batched as below, cost nothing. Each element gets exactly
+      // one add per launch, so the sums are those of a read-modify-write and a symmetric `out` stays
+      // exactly symmetric. 16-25% faster than the per-element `+=` it replaced (d = 2048-8192);
+      // for the streaming form the batched loads and stores below were level or faster
+      // (covariance_sm90_exploration.json, d08562b).
 #pragma unroll
       for (int i = 0; i < kN / 8; ++i) {
 #pragma unroll
         for (int h = 0; h < 4; ++h) {
           const int gi = row0 + (h >> 1) * 8;
           const int gj = col0 + 8 * i + (h & 1);
+          // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
           if (gi < d && gj >= 0 && gj < d && gi <= gj) {
             const double v = static_cast<double>(mid[4 * i + h]);
             red_add(out + gi * so_row + gj * so_col, v);
-            if (mirror && gi < gj) red_add(out + gj * so_row + gi * so_col, v);
+            if (gi < gj) red_add(out + gj * so_row + gi * so_col, v);
           }
         }
       }
-    } else if (!mirror) {
+    } else {
+      // The streaming form: the float64 read-modify-write goes in batches, all loads of a batch and then
+      // all its stores. Written as `out[k] += v` per element, the compiler must assume that each store
+      // may alias the next load and serialises them: 64-96 dependent round trips to memory per thread
+      // and tile, during which this SM's tensor cores idle (batching took d = 8192, 192-wide tiles from
+      // 2.69 to 2.46 ms). Batches: 16 float64 for 128-wide tiles, 8 for 192. ptxas -v (CUDA 13.0)
+      // reports 40 bytes of spill slots for the 192-wide kernel with these (none with batches of 4
+      // there, twice the round trips); larger batches spill more. Its choices move with the rest
+      // of the kernel, so re-check after changes.
+      constexpr int kBatch = kN == 128 ? 4 : 2;  // column groups of 8 per batch
+      static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
 #pragma unroll
       for (int i0 = 0; i0 < kN / 8; i0 += kBatch) {
         double old[kBatch * 4];
@@ -430,7 +415,6 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         for (int k = 0; k < kBatch * 4; ++k) {
           const int gi = row0 + ((k & 3) >> 1) * 8;
           const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
-          // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
           old[k] = gi < d && gj >= 0 && gj < d && gi <= gj ? out[gi * so_row + gj * so_col] : 0.0;
         }
 #pragma unroll
@@ -439,20 +423,6 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
           const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
           if (gi < d && gj >= 0 && gj < d && gi <= gj)
             out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < kN / 8; ++i) {
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int gi = row0 + (h >> 1) * 8;
-          const int gj = col0 + 8 * i + (h & 1);
-          if (gi < d && gj >= 0 && gj < d && gi <= gj) {
-            const double v = static_cast<double>(mid[4 * i + h]);
-            out[gi * so_row + gj * so_col] += v;
-            if (gi < gj) out[gj * so_row + gi * so_col] += v;
-          }
         }
       }
     }
@@ -464,7 +434,7 @@ template <bool kBF16, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                     int stages, int probe, int stagger, int red) {
+                     int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -491,14 +461,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      for (int u = blockIdx.x; u < g.n_units; u += gridDim.x) {
-        int t, kb0, kb1;
-        unit_of(u, g, num_kb, t, kb0, kb1);
+      for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
         int ti, tj;
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
-        for (int kb = kb0; kb < kb1; ++kb) {
+        for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
           const int row = kb * kBlockK;
@@ -524,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, out, so_row, so_col, mirror,
-                       desc_strides, stages, probe, (wg - 1) * stagger, red);
+                       desc_strides, stages, probe, (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -581,8 +549,8 @@ int tile_width(int64_t d) {
 
 template <int kN>
 void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out, int64_t so_row,
-                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int stagger, int red,
-                  bool split_tail, int device, CUstream_st* stream) {
+                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int stagger,
+                  int device, CUstream_st* stream) {
   Tiling g{};
   g.R = (d + kTile - 1) / kTile;
   g.C = (d + kN - 1) / kN;
@@ -594,31 +562,11 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   g.n_tiles = kN == kTile ? g.R * (g.R + 1) / 2 : count_tiles<kN>(g.R, g.C, g.off);
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int slots = std::max(1, ctas > 0 ? ctas : sms);
-  g.whole = g.n_tiles;
-  g.split = 1;
-  // Cutting tiles into row ranges makes several CTAs add into the same elements, in no fixed order:
-  // only with L2 reductions (a read-modify-write would race) and without the mirror (whose exact
-  // symmetry needs one add per element).
-  if (split_tail && red && !mirror) {
-    const int rem = g.n_tiles % slots;  // tiles of the last, partly filled wave
-    double best = 1.0;                  // that wave's length in tile times
-    for (int parts = 2; parts <= 4 && rem > 0; ++parts) {
-      const double length = static_cast<double>((parts * rem + slots - 1) / slots) / parts;
-      if (length < best - 1e-9) {
-        best = length;
-        g.split = parts;
-      }
-    }
-    if (g.split > 1) g.whole = g.n_tiles - rem;
-  }
-  g.n_units = g.whole + g.split * (g.n_tiles - g.whole);
-  const int grid = std::min(slots, g.n_units);
+  const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
   auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
   kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, out, so_row, so_col,
                                                              mirror ? 1 : 0, desc_strides(),
-                                                             std::min(stages, Shape<kN>::kStages), probe, stagger,
-                                                             red);
+                                                             std::min(stages, Shape<kN>::kStages), probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -681,13 +629,6 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   const int width = tile_width(d);
   int stagger = width == 192 ? 1 : 0;
   if (const char* env = std::getenv("SLICEKIT_COV_SM90_STAGGER")) stagger = std::max(0, std::atoi(env));
-  // SLICEKIT_COV_SM90_EPILOGUE=red|rmw: float64 adds performed in L2 (red.global.add) or loads and stores.
-  const char* epi = std::getenv("SLICEKIT_COV_SM90_EPILOGUE");
-  const int red = epi != nullptr && std::strcmp(epi, "red") == 0 ? 1 : 0;
-  // SLICEKIT_COV_SM90_SPLIT=1: cut the tiles of the last, partly filled wave into row ranges (needs
-  // the red epilogue and the streaming form).
-  const char* split_env = std::getenv("SLICEKIT_COV_SM90_SPLIT");
-  const bool split_tail = split_env != nullptr && std::strcmp(split_env, "1") == 0;
   const CUtensorMapL2promotion promo = l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
                                        : l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
                                        : l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
@@ -700,10 +641,10 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
   if (width == 192) {
     launch_tiles<192>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, stagger, red, split_tail, device, stream);
+                      stages, group, ctas, probe, stagger, device, stream);
   } else {
     launch_tiles<128>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, stagger, red, split_tail, device, stream);
+                      stages, group, ctas, probe, stagger, device, stream);
   }
 }
 

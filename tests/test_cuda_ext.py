@@ -252,20 +252,18 @@ needs_sm90 = pytest.mark.skipif(_SM90_PROBLEM is not None, reason=f"sm_90 wgmma 
 
 
 @needs_sm90
-@pytest.mark.parametrize("epilogue", ["rmw", "red"])
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (77, 191),
                                  (500, 192), (333, 193), (64, 255), (4097, 300), (40000, 136), (2000, 1000),
                                  (300, 2176), (200, 4096)])
-def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d, epilogue):
+def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
     """The Hopper kernel, both tile widths, on tile edges (d around 64/128/192; 192-wide column blocks
     start left of column 0 when d is not a multiple of 192), row counts around its 64-row stages,
     more rows than one launch takes (40000 > 32768), more tiles than CTAs (d = 2176 and 4096, so the
-    persistent CTAs take several); upper-only and mirrored forms; float64 adds as loads and stores or
-    as L2 reductions (SLICEKIT_COV_SM90_EPILOGUE)."""
+    persistent CTAs take several); the upper-only form (batched loads and stores of the float64 sums)
+    and the mirrored one (L2 reductions)."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPILOGUE", epilogue)
     x = (torch.randn(n, d, device="cuda") + 0.25).to(dtype)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out0 = _rand_sym(d, "cuda")
@@ -324,32 +322,6 @@ def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
     torch.ops.slicekit.covariance_accumulate(x, None, out, True)
     assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(x.dtype, 1000, int(chunk))
     assert torch.equal(out, out.T)
-
-
-@needs_sm90
-@pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("n,ctas", [(1000, 7), (1000, 13), (130, 9), (64, 11), (40000, 5)])
-def test_covariance_sm90_split_tail(monkeypatch, tile, n, ctas):
-    """SLICEKIT_COV_SM90_SPLIT=1 with the red epilogue: the tiles of the last, partly filled wave are cut
-    into row ranges that several CTAs add by L2 reductions. Few CTAs force a remainder; 130 and 64 rows
-    (3 and 1 k-blocks) leave some cut parts empty; 40000 rows take two launches. The mirrored form
-    never cuts (it must stay exactly symmetric)."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPILOGUE", "red")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_SPLIT", "1")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", f"4,8,{ctas},256")
-    d = 1100
-    x = (torch.randn(n, d, device="cuda") + 0.5).to(torch.bfloat16)
-    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
-    upper = _rand_sym(d, "cuda")
-    upper0 = upper.clone()
-    torch.ops.slicekit.covariance_accumulate(x, None, upper, False)
-    assert _rel_fro(torch.triu(upper - upper0), torch.triu(expected)) <= _cov_tol(x.dtype, n, 128)
-    assert torch.equal(torch.tril(upper, -1), torch.tril(upper0, -1))  # nothing below the diagonal
-    sym = torch.zeros(d, d, dtype=torch.float64, device="cuda")
-    torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
-    assert _rel_fro(sym, expected) <= _cov_tol(x.dtype, n, 128)
-    assert torch.equal(sym, sym.T)
 
 
 @needs_sm90
