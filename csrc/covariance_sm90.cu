@@ -30,8 +30,8 @@
 // row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
 // per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
 // registers, the most that promotion in registers allows. Together with the batched epilogue below
-// and the stagger: 0.53-0.55 ms at d = 4096 and 2.12-2.20 ms at d = 8192 (1.43-1.49x torch's full
-// fp16 GEMM, 16.6-17.2x float64; README), equal to or ahead of the Triton kernel.
+// and the stagger: 0.53-0.56 ms at d = 4096 and 2.12-2.22 ms at d = 8192 (1.38-1.49x torch's full
+// fp16 GEMM, 16.4-17.2x float64; README), equal to or ahead of the Triton kernel.
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
 // exactly symmetric): batched loads then stores in the streaming form, L2 reductions in the
@@ -69,9 +69,9 @@ constexpr int kBoxBytes = kBlockK * kBox * 2;    // 8 KB
 constexpr int kPanelBytes = 2 * kBoxBytes;       // the row panel I: 128 columns of X, kBlockK rows
 
 // A tile is kTile output rows by kN columns. kN = 128: square tiles on the diagonal (a diagonal tile
-// multiplies panel I by itself); kN = 192: 1.5x the MMAs per byte of X brought into shared memory,
-// which is what bounds the square tiles (README), at 192 fp32 registers per consumer thread for
-// `acc` and `mid` -- the most the register file allows with promotion in registers.
+// multiplies panel I by itself); kN = 192: 1.5x the MMA work per instruction and per byte of X
+// copied into shared memory, at 192 fp32 registers per consumer thread for `acc` and `mid` -- the
+// most the register file allows with promotion in registers.
 template <int kN>
 struct Shape {
   static constexpr int kBoxesJ = kN / kBox;

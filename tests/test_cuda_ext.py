@@ -312,7 +312,7 @@ def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
 def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
     """SLICEKIT_COV_SM90_STAGGER: the second consumer's chunks end `stagger` stages after the first's
     (its first chunk is shorter; a stagger of a whole chunk or more is none). Same sums, and every
-    tile still starts from a fresh accumulator: 2 tiles per CTA at d = 2100 with 7 CTAs."""
+    tile still starts from a fresh accumulator: 7 CTAs walk 100-150 tiles of d = 2100."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_STAGGER", stagger)
     monkeypatch.setenv("SLICEKIT_COV_SM90_CHUNK", chunk)
