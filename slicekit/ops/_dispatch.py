@@ -79,7 +79,7 @@ def available_backends(op: str, device: torch.device | str | None = None) -> lis
 
 # Automatic order per op on CUDA, fastest first as measured on the H200 (benchmarks/results,
 # README). Covariance: the extension's Hopper wgmma kernel is now level with the Triton kernel at
-# d = 4096 (0.53-0.55 ms at N = 16384) and 5-15% ahead at d = 2048, 5120 and 8192
+# d = 4096 (0.53-0.55 ms at N = 16384) and 4-18% ahead at d = 2048, 5120 and 8192
 # (covariance.json, commit a534066), but Triton stays first: the extension falls back to chunked
 # cuBLAS off Hopper (1.5 ms at d = 4096) and multiplies masked rows as zeros where Triton gathers
 # the kept rows, so Triton is the one default that is fast on every GPU and every input.
