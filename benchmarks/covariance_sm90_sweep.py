@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
-from bench_covariance import activations  # noqa: E402  (the same calibration-like X)
+from bench_covariance import activations, fp64_path, rel_err  # noqa: E402  (the same X, reference, error)
 
 # (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER) per named set.
 _T128 = ("128", "6,8,0,256")  # the 128-wide defaults: tile, SLICEKIT_COV_SM90_TUNE
@@ -85,15 +85,13 @@ def main(argv=None) -> int:
             if path != "sm90_wgmma":
                 print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
                 return 2
-            xd = x.double()
-            ref = xd.T @ xd
-            del xd
+            ref = fp64_path(x)
             gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
             out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
             base = dict(d=d, N=args.n, dtype=dname, gemm_ms=gemm)
 
             kcov.covariance_triton(x, None, out, symmetric=True)
-            err = float((out - ref).norm() / ref.norm())
+            err = rel_err(out, ref)
             ms = bench_ms(lambda: kcov.covariance_triton(x, None, out, symmetric=False))[0]  # noqa: B023
             rows.append(dict(base, kernel="triton", tile="128", tune="", chunk_rows=128, probe="0", stagger=0, ms=ms,
                              x_gemm=gemm / ms, rel_err=err))
@@ -108,7 +106,7 @@ def main(argv=None) -> int:
                     if probe == "0":
                         out.zero_()
                         op(x, None, out, True)
-                        err = float((out - ref).norm() / ref.norm())
+                        err = rel_err(out, ref)
                     ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
                     ms_sym = bench_ms(lambda: op(x, None, out, True))[0] if args.sym else None  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),

@@ -200,6 +200,14 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   } while (!done);
 }
 
+// The next stage of the ring; the mbarrier phase to wait for flips on each wrap-around.
+__device__ __forceinline__ void next_stage(int& s, uint32_t& phase, int stages) {
+  if (++s == stages) {
+    s = 0;
+    phase ^= 1;
+  }
+}
+
 // One [kBlockK rows x kBox columns] box of X at (column c0, row c1) into shared memory.
 __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
   asm volatile(
@@ -311,10 +319,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       for (int kb = 0; kb < num_kb; ++kb) {
         mbar_wait(&full[s], phase);
         if (tid == 0) mbar_arrive(&empty[s]);
-        if (++s == stages) {
-          s = 0;
-          phase ^= 1;
-        }
+        next_stage(s, phase, stages);
       }
     }
     return;
@@ -340,10 +345,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
                          (fresh && k == 0) ? 0 : 1);
       }
       wgmma_commit();
-      if (++s == stages) {
-        s = 0;
-        phase ^= 1;
-      }
+      next_stage(s, phase, stages);
       // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
       // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
       // d = 4096, N = 16384 on the H200).
@@ -482,10 +484,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
             }
           }
-          if (++s == stages) {
-            s = 0;
-            phase ^= 1;
-          }
+          next_stage(s, phase, stages);
         }
       }
     }
@@ -514,7 +513,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 // The shared-memory matrix descriptor's strides for an M/N-major operand with 128-byte swizzling
-// (PTX ISA, "Matrix Descriptor Format"): LBO = from one 64-wide column group to the next (the two
+// (PTX ISA, "Matrix Descriptor Format"): LBO = from one 64-wide column group to the next (consecutive
 // boxes of a panel, 8 KB apart), SBO = from one group of 8 rows (K) to the next (8 x 128 bytes).
 // SLICEKIT_COV_SM90_DESC="lbo,sbo" (bytes) overrides them, for bring-up on a new toolchain.
 uint64_t desc_strides() {
@@ -559,7 +558,7 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   // shift), and the square tiling must not shift at all (its diagonal tiles are ti == tj).
   g.off = kN == kTile ? 0 : (g.C * kN - d) / kBox * kBox;
   g.group = group;
-  g.n_tiles = kN == kTile ? g.R * (g.R + 1) / 2 : count_tiles<kN>(g.R, g.C, g.off);
+  g.n_tiles = count_tiles<kN>(g.R, g.C, g.off);  // R (R + 1) / 2 for square tiles
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
