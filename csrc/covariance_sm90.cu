@@ -88,6 +88,19 @@ struct Tiling {
   int R, C, off, group, n_tiles;
 };
 
+// Where and how the tiles' sums go: the float64 matrix `out` (strides in elements) and the epilogue's
+// options (set in launch_tiles()).
+constexpr int kPrefetchKb = 0;  // default of Out::prefetch (SLICEKIT_COV_SM90_PREFETCH)
+
+struct Out {
+  double* ptr;
+  int64_t so_row, so_col;
+  int mirror;    // also add each value at its mirror position (symmetric=True)
+  int vec;       // unit column stride and 16-byte aligned rows: 16-byte accesses and L2 prefetches
+  int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: the earlier epilogue batches, for A/B timing
+  int prefetch;  // k-blocks before a tile's end at which its part of `out` is prefetched into L2; 0 = never
+};
+
 // First column block that row block I needs (its last column reaches the diagonal).
 template <int kN>
 __host__ __device__ __forceinline__ int first_block(int I, int off) {
@@ -222,6 +235,11 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
   return strides | ((smem_addr(p) & 0x3FFFF) >> 4);
 }
 
+// A hint: bring [p, p + bytes) into L2 without waiting (p 16-byte aligned, bytes a multiple of 16).
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
 __device__ __forceinline__ void red_add(double* p, double v) {
   asm volatile("red.global.add.f64 [%0], %1;\n" ::"l"(p), "d"(v) : "memory");
 }
@@ -297,13 +315,100 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 // the feed and the tensor-core work.
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
+constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
+
+// The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
+// of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
+// `out[k] += v` per element, the compiler must assume that each store may alias the next load and
+// serialises them into 64-96 dependent round trips per thread and tile, while this SM's tensor cores
+// idle (batching took d = 8192, 192-wide tiles from 2.69 to 2.46 ms).
+//
+// add_tile_edge: any strides, a bounds and triangle test per element; batches of kBatch column groups
+// of 8 (4 or 2: ptxas spills beyond, as the addresses and tests take registers).
+template <int kN, int kBatch>
+__device__ __forceinline__ void add_tile_edge(const float (&mid)[kN / 2], double* __restrict__ out, int row0, int col0,
+                                              int d, int64_t so_row, int64_t so_col) {
+  static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
+#pragma unroll
+  for (int i0 = 0; i0 < kN / 8; i0 += kBatch) {
+    double old[kBatch * 4];
+#pragma unroll
+    for (int k = 0; k < kBatch * 4; ++k) {
+      const int gi = row0 + ((k & 3) >> 1) * 8;
+      const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
+      // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
+      old[k] = gi < d && gj >= 0 && gj < d && gi <= gj ? out[gi * so_row + gj * so_col] : 0.0;
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch * 4; ++k) {
+      const int gi = row0 + ((k & 3) >> 1) * 8;
+      const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
+      if (gi < d && gj >= 0 && gj < d && gi <= gj) out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
+    }
+  }
+}
+
+// add_tile_inner: every element of this thread's part lies inside `out` and on or above the diagonal,
+// `out` has unit column stride and 16-byte aligned rows. No tests, and each thread's two adjacent
+// columns go as one 16-byte access (gj is even: block_col is a multiple of 64, col0 adds 2 (lane % 4)),
+// addressed from two row pointers with constant offsets. That leaves registers for batches of 8
+// column groups (32 float64 loads in flight per thread), as `acc` is dead here (each tile zeroes it
+// afresh), which frees kN / 2 registers.
+constexpr int kInnerBatch = 8;
+
+template <int kN>
+__device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], double* __restrict__ p0, int64_t so_row) {
+  static_assert((kN / 8) % kInnerBatch == 0, "batches must tile the fragment");
+  double* __restrict__ p8 = p0 + 8 * so_row;
+#pragma unroll
+  for (int i0 = 0; i0 < kN / 8; i0 += kInnerBatch) {
+    double2 old[kInnerBatch * 2];  // pair k: column group i0 + k / 2; row 0 (k even) or 8 (k odd)
+#pragma unroll
+    for (int k = 0; k < kInnerBatch * 2; ++k)
+      old[k] = *reinterpret_cast<const double2*>((k & 1 ? p8 : p0) + 8 * (i0 + k / 2));
+#pragma unroll
+    for (int k = 0; k < kInnerBatch * 2; ++k) {
+      const int m = 4 * (i0 + k / 2) + 2 * (k & 1);  // mid[4 i + {0, 1}]: row 0; {2, 3}: row 8
+      *reinterpret_cast<double2*>((k & 1 ? p8 : p0) + 8 * (i0 + k / 2)) =
+          make_double2(old[k].x + static_cast<double>(mid[m]), old[k].y + static_cast<double>(mid[m + 1]));
+    }
+  }
+}
+
+// The producer's L2 prefetch of the part of `out` that a tile's epilogue reads and writes, issued
+// o.prefetch k-blocks before the tile ends: all CTAs of a wave reach their epilogues together, and
+// their float64 read-modify-writes then wait on DRAM at a 132-way share of its bandwidth while the
+// tensor cores idle. Row segments of the upper triangle (and with `mirror`, the columns' mirror
+// segments), trimmed inward to 16-byte boundaries: a hint never reaches outside `out`.
+template <int kN>
+__device__ __forceinline__ void prefetch_out(const Out& o, int d, int ti, int col_j) {
+  const int c_lo = col_j > 0 ? col_j : 0;
+  const int c_hi = col_j + kN < d ? col_j + kN : d;
+  const int r_lo = ti * kTile;
+  const int r_hi = r_lo + kTile < d ? r_lo + kTile : d;
+  auto segment = [&](int64_t row, int lo, int hi) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(o.ptr + row * o.so_row + lo);
+    const uintptr_t b = reinterpret_cast<uintptr_t>(o.ptr + row * o.so_row + hi);
+    const uintptr_t a16 = (a + 15) & ~uintptr_t(15), b16 = b & ~uintptr_t(15);
+    if (b16 > a16) prefetch_l2(reinterpret_cast<const void*>(a16), static_cast<uint32_t>(b16 - a16));
+  };
+  for (int gi = r_lo; gi < r_hi; ++gi) {
+    const int lo = gi > c_lo ? gi : c_lo;  // the upper triangle: columns gj >= gi
+    if (lo < c_hi) segment(gi, lo, c_hi);
+  }
+  if (o.mirror) {
+    for (int gj = c_lo; gj < c_hi; ++gj) {
+      const int hi = gj < r_hi ? gj : r_hi;  // mirror positions (gj, gi) for gi < gj
+      if (r_lo < hi) segment(gj, r_lo, hi);
+    }
+  }
+}
 
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
 template <bool kBF16, int kN>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
-                                        const Tiling& g, int num_kb, int chunk_kb, double* __restrict__ out,
-                                        int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                                        int stages, int probe, int phase_kb) {
+                                        const Tiling& g, int num_kb, int chunk_kb, const Out& o,
+                                        uint64_t desc_strides, int stages, int probe, int phase_kb) {
   using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
@@ -329,7 +434,12 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
-    for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
+    for (int i = 0; i < S::kAcc; ++i) {
+      mid[i] = 0.0f;
+      // The first MMA ignores `acc` (scale_d = 0), but the asm reads it: without a fresh value here the
+      // compiler keeps the last tile's `acc` alive through the epilogue, kN / 2 registers it needs.
+      acc[i] = 0.0f;
+    }
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     bool fresh = true;     // the next MMA starts a chunk
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
@@ -377,7 +487,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
-    if (mirror) {
+    if (probe == kProbeNoEpilogue) continue;
+    double* __restrict__ out = o.ptr;
+    const int64_t so_row = o.so_row, so_col = o.so_col;
+    if (o.mirror) {
       // The mirrored form: one fire-and-forget float64 add per element and per mirror element,
       // performed in L2 (red.global.add) -- no round trip, no registers for the old values, and the
       // mirror addresses, which spill when batched as below, cost nothing. Each element gets exactly
@@ -399,34 +512,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
           }
         }
       }
+    } else if (o.vec && !o.narrow && row0 + 8 < d && col0 >= row0 + 8 && col0 + kN - 7 < d) {
+      add_tile_inner<kN>(mid, out + row0 * so_row + col0, so_row);
     } else {
-      // The streaming form: the float64 read-modify-write goes in batches, all loads of a batch and then
-      // all its stores. Written as `out[k] += v` per element, the compiler must assume that each store
-      // may alias the next load and serialises them: 64-96 dependent round trips to memory per thread
-      // and tile, during which this SM's tensor cores idle (batching took d = 8192, 192-wide tiles from
-      // 2.69 to 2.46 ms). Batches: 16 float64 for 128-wide tiles, 8 for 192. ptxas -v (CUDA 13.0)
-      // reports 40 bytes of spill slots for the 192-wide kernel with these (none with batches of 4
-      // there, twice the round trips); larger batches spill more. Its choices move with the rest
-      // of the kernel, so re-check after changes.
-      constexpr int kBatch = kN == 128 ? 4 : 2;  // column groups of 8 per batch
-      static_assert((kN / 8) % kBatch == 0, "batches must tile the fragment");
-#pragma unroll
-      for (int i0 = 0; i0 < kN / 8; i0 += kBatch) {
-        double old[kBatch * 4];
-#pragma unroll
-        for (int k = 0; k < kBatch * 4; ++k) {
-          const int gi = row0 + ((k & 3) >> 1) * 8;
-          const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
-          old[k] = gi < d && gj >= 0 && gj < d && gi <= gj ? out[gi * so_row + gj * so_col] : 0.0;
-        }
-#pragma unroll
-        for (int k = 0; k < kBatch * 4; ++k) {
-          const int gi = row0 + ((k & 3) >> 1) * 8;
-          const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
-          if (gi < d && gj >= 0 && gj < d && gi <= gj)
-            out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
-        }
-      }
+      add_tile_edge<kN, kN == 128 ? 4 : 2>(mid, out, row0, col0, d, so_row, so_col);
     }
   }
 }
@@ -435,8 +524,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 template <bool kBF16, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
-                     double* __restrict__ out, int64_t so_row, int64_t so_col, int mirror, uint64_t desc_strides,
-                     int stages, int probe, int stagger) {
+                     Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -468,6 +556,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
+        const int pf_kb = num_kb > o.prefetch ? num_kb - o.prefetch : 0;
         for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
@@ -484,14 +573,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                 tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
             }
           }
+          if (kb == pf_kb && o.vec && o.prefetch > 0 && probe == 0) prefetch_out<kN>(o, d, ti, col_j);
           next_stage(s, phase, stages);
         }
       }
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, out, so_row, so_col, mirror,
-                       desc_strides, stages, probe, (wg - 1) * stagger);
+    consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
+                       (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -562,9 +652,14 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
+  // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0, kPrefetchKb};
+  o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
+  o.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_PREFETCH")) o.prefetch = std::max(0, std::atoi(env));
   auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
-  kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, out, so_row, so_col,
-                                                             mirror ? 1 : 0, desc_strides(),
+  kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, o, desc_strides(),
                                                              std::min(stages, Shape<kN>::kStages), probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -325,6 +325,41 @@ def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
 
 
 @needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
+@pytest.mark.parametrize("epi,prefetch", [("", "0"), ("", "5"), ("", "100000"), ("narrow", "5")])
+@pytest.mark.parametrize("layout", ["contiguous", "row_padded", "transposed"])
+def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, prefetch, layout):
+    """The float64 epilogue: 16-byte accesses where `out`'s rows allow them (contiguous with even d,
+    or an odd d inside rows padded to an even stride: the last column goes alone), per element
+    otherwise (a transposed view); tiles wholly above the diagonal take the unchecked path, the rest
+    the checked one. SLICEKIT_COV_SM90_EPI=narrow is the earlier epilogue. L2 prefetches of `out`
+    (5 k-blocks before a tile's end, or from its start when the lead exceeds the tile) change nothing."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_PREFETCH", prefetch)
+    n, d = 1500, 390 if layout == "contiguous" else 389
+    x = (torch.randn(n, d, device="cuda") + 0.25).to(torch.float16)
+    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    sym = _rand_sym(d, "cuda")
+    for mirror in (True, False):
+        if layout == "row_padded":
+            out = torch.zeros(d, d + 1, dtype=torch.float64, device="cuda")[:, :d]
+        elif layout == "transposed":
+            out = torch.zeros(d, d, dtype=torch.float64, device="cuda").T
+        else:
+            out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+        out.copy_(sym)
+        torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
+        got = out - sym
+        if mirror:
+            assert torch.equal(out, out.T)
+        else:
+            assert torch.equal(torch.tril(got, -1), torch.zeros_like(got))  # nothing below the diagonal
+            got, expected_part = torch.triu(got), torch.triu(expected)
+        assert _rel_fro(got, expected if mirror else expected_part) <= _cov_tol(x.dtype, n, 128)
+
+
+@needs_sm90
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_covariance_sm90_copies_what_tma_cannot_read(dtype):
     """A mask, and rows that are not 16-byte aligned, go through a copy first; same sums."""
