@@ -34,8 +34,13 @@
 // fp16 GEMM, 16.4-17.2x float64; README), equal to or ahead of the Triton kernel.
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
-// exactly symmetric): batched loads then stores in the streaming form, L2 reductions in the
-// mirrored one (see consume()). Tiles that cross the diagonal write only their part of the upper
+// exactly symmetric): batched loads then stores in the streaming form (16-byte accesses where a
+// thread's part lies wholly above the diagonal), L2 reductions in the mirrored one (see consume()).
+// With the 16-byte batches, probe 3 (no epilogue) is level at d = 4096 (0.562 vs 0.558 ms) and 7%
+// faster at d = 8192 (2.09 vs 2.25 ms), where `out` (512 MB) streams through DRAM as each wave of
+// tiles ends. Prefetching each tile's part of `out` into L2 from the producer (cp.async.bulk.prefetch,
+// 8-64 k-blocks before the tile's end) was slower at every lead (0.59-0.61 and 2.40-2.49 ms; the
+// mirrored form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only their part of the upper
 // triangle. Cutting the last, partly filled wave of tiles into row ranges added by several CTAs
 // (L2 reductions) was measured and gained nothing (d08562b), so every tile is whole.
 //
@@ -90,15 +95,12 @@ struct Tiling {
 
 // Where and how the tiles' sums go: the float64 matrix `out` (strides in elements) and the epilogue's
 // options (set in launch_tiles()).
-constexpr int kPrefetchKb = 0;  // default of Out::prefetch (SLICEKIT_COV_SM90_PREFETCH)
-
 struct Out {
   double* ptr;
   int64_t so_row, so_col;
   int mirror;    // also add each value at its mirror position (symmetric=True)
-  int vec;       // unit column stride and 16-byte aligned rows: 16-byte accesses and L2 prefetches
-  int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: the earlier epilogue batches, for A/B timing
-  int prefetch;  // k-blocks before a tile's end at which its part of `out` is prefetched into L2; 0 = never
+  int vec;       // unit column stride and 16-byte aligned rows: add_tile_inner() may run
+  int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
 };
 
 // First column block that row block I needs (its last column reaches the diagonal).
@@ -235,11 +237,6 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
   return strides | ((smem_addr(p) & 0x3FFFF) >> 4);
 }
 
-// A hint: bring [p, p + bytes) into L2 without waiting (p 16-byte aligned, bytes a multiple of 16).
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-
 __device__ __forceinline__ void red_add(double* p, double v) {
   asm volatile("red.global.add.f64 [%0], %1;\n" ::"l"(p), "d"(v) : "memory");
 }
@@ -351,9 +348,13 @@ __device__ __forceinline__ void add_tile_edge(const float (&mid)[kN / 2], double
 // add_tile_inner: every element of this thread's part lies inside `out` and on or above the diagonal,
 // `out` has unit column stride and 16-byte aligned rows. No tests, and each thread's two adjacent
 // columns go as one 16-byte access (gj is even: block_col is a multiple of 64, col0 adds 2 (lane % 4)),
-// addressed from two row pointers with constant offsets. That leaves registers for batches of 8
-// column groups (32 float64 loads in flight per thread), as `acc` is dead here (each tile zeroes it
-// afresh), which frees kN / 2 registers.
+// addressed from two row pointers with constant offsets. Batches of 8 column groups: 32 float64 loads
+// in flight per thread, 2-3 round trips per tile instead of add_tile_edge's 4-12. `acc` keeps its
+// registers here (ptxas pins the wgmma accumulator for the whole loop, seen in the SASS even when each
+// tile zeroes it afresh), so for 192-wide tiles ptxas spills part of `mid` around the batches (148
+// bytes of spill slots, all in the epilogue): still 5-7% faster than add_tile_edge for every tile
+// (SLICEKIT_COV_SM90_EPI=narrow; 0.588 -> 0.558 ms at d = 4096, 2.38 -> 2.25 ms at d = 8192,
+// fp16, N = 16384, covariance_sm90_epilogue.json).
 constexpr int kInnerBatch = 8;
 
 template <int kN>
@@ -371,35 +372,6 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
       const int m = 4 * (i0 + k / 2) + 2 * (k & 1);  // mid[4 i + {0, 1}]: row 0; {2, 3}: row 8
       *reinterpret_cast<double2*>((k & 1 ? p8 : p0) + 8 * (i0 + k / 2)) =
           make_double2(old[k].x + static_cast<double>(mid[m]), old[k].y + static_cast<double>(mid[m + 1]));
-    }
-  }
-}
-
-// The producer's L2 prefetch of the part of `out` that a tile's epilogue reads and writes, issued
-// o.prefetch k-blocks before the tile ends: all CTAs of a wave reach their epilogues together, and
-// their float64 read-modify-writes then wait on DRAM at a 132-way share of its bandwidth while the
-// tensor cores idle. Row segments of the upper triangle (and with `mirror`, the columns' mirror
-// segments), trimmed inward to 16-byte boundaries: a hint never reaches outside `out`.
-template <int kN>
-__device__ __forceinline__ void prefetch_out(const Out& o, int d, int ti, int col_j) {
-  const int c_lo = col_j > 0 ? col_j : 0;
-  const int c_hi = col_j + kN < d ? col_j + kN : d;
-  const int r_lo = ti * kTile;
-  const int r_hi = r_lo + kTile < d ? r_lo + kTile : d;
-  auto segment = [&](int64_t row, int lo, int hi) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(o.ptr + row * o.so_row + lo);
-    const uintptr_t b = reinterpret_cast<uintptr_t>(o.ptr + row * o.so_row + hi);
-    const uintptr_t a16 = (a + 15) & ~uintptr_t(15), b16 = b & ~uintptr_t(15);
-    if (b16 > a16) prefetch_l2(reinterpret_cast<const void*>(a16), static_cast<uint32_t>(b16 - a16));
-  };
-  for (int gi = r_lo; gi < r_hi; ++gi) {
-    const int lo = gi > c_lo ? gi : c_lo;  // the upper triangle: columns gj >= gi
-    if (lo < c_hi) segment(gi, lo, c_hi);
-  }
-  if (o.mirror) {
-    for (int gj = c_lo; gj < c_hi; ++gj) {
-      const int hi = gj < r_hi ? gj : r_hi;  // mirror positions (gj, gi) for gi < gj
-      if (r_lo < hi) segment(gj, r_lo, hi);
     }
   }
 }
@@ -434,12 +406,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
-    for (int i = 0; i < S::kAcc; ++i) {
-      mid[i] = 0.0f;
-      // The first MMA ignores `acc` (scale_d = 0), but the asm reads it: without a fresh value here the
-      // compiler keeps the last tile's `acc` alive through the epilogue, kN / 2 registers it needs.
-      acc[i] = 0.0f;
-    }
+    for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     bool fresh = true;     // the next MMA starts a chunk
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
@@ -556,7 +523,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
-        const int pf_kb = num_kb > o.prefetch ? num_kb - o.prefetch : 0;
         for (int kb = 0; kb < num_kb; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
@@ -573,7 +539,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                 tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
             }
           }
-          if (kb == pf_kb && o.vec && o.prefetch > 0 && probe == 0) prefetch_out<kN>(o, d, ti, col_j);
           next_stage(s, phase, stages);
         }
       }
@@ -653,11 +618,10 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0, kPrefetchKb};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   o.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_PREFETCH")) o.prefetch = std::max(0, std::atoi(env));
   auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
   kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, o, desc_strides(),
                                                              std::min(stages, Shape<kN>::kStages), probe, stagger);

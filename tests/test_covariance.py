@@ -404,6 +404,40 @@ def test_error_unknown_backend():
         covariance(activations(4, 3, torch.float16, "cpu"), backend="nope")
 
 
+def test_dispatch_preference_only_for_automatic_cuda_choice(monkeypatch):
+    """An op's input-dependent preference goes before its AUTO_ORDER, but only when the choice is
+    automatic and on CUDA; a preferred backend that cannot run falls through to the order."""
+    from slicekit.ops._dispatch import _backend_problem, resolve_backend
+
+    op, cuda = "covariance_accumulate", torch.device("cuda")
+
+    def boom():
+        raise AssertionError("prefer consulted")
+
+    monkeypatch.delenv("SLICEKIT_BACKEND", raising=False)
+    assert resolve_backend(op, None, torch.device("cpu"), boom) == "torch"
+    assert resolve_backend(op, "torch", cuda, boom) == "torch"
+    monkeypatch.setenv("SLICEKIT_BACKEND", "torch")
+    assert resolve_backend(op, None, cuda, boom) == "torch"
+    monkeypatch.delenv("SLICEKIT_BACKEND")
+    assert resolve_backend(op, None, cuda, lambda: "torch") == "torch"
+    auto = resolve_backend(op, None, cuda)
+    assert resolve_backend(op, None, cuda, lambda: None) == auto
+    if _backend_problem(op, "cuda", cuda) is not None:  # no extension here: the preference cannot run
+        assert resolve_backend(op, None, cuda, lambda: "cuda") == auto
+
+
+def test_prefer_wgmma_declines_what_it_does_not_take():
+    """The covariance preference never claims CPU, fp32 or masked input."""
+    from slicekit.ops.covariance import _prefer_wgmma
+
+    x = activations(8, 4, torch.float16, "cpu")
+    out = torch.zeros(4, 4, dtype=torch.float64)
+    assert _prefer_wgmma(x, None, out) is None
+    assert _prefer_wgmma(x.float(), None, out) is None
+    assert _prefer_wgmma(x, torch.ones(8, dtype=torch.uint8), out) is None
+
+
 def test_empty_input_adds_nothing():
     out = covariance(torch.zeros(0, 6, dtype=torch.float16), None, torch.ones(6, 6, dtype=torch.float64))
     assert torch.equal(out, torch.ones(6, 6, dtype=torch.float64))

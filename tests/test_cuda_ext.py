@@ -360,6 +360,23 @@ def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, prefetch, layout
 
 
 @needs_sm90
+def test_covariance_auto_backend_takes_wgmma_for_unmasked_16bit():
+    """On Hopper the automatic choice runs the wgmma kernel for unmasked fp16/bf16 rows, and the
+    Triton kernel (AUTO_ORDER) for masked or fp32 ones."""
+    from slicekit.ops._dispatch import resolve_backend
+    from slicekit.ops.covariance import _prefer_wgmma
+
+    dev = torch.device("cuda")
+    out = torch.zeros(64, 64, dtype=torch.float64, device=dev)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(100, 64, device=dev).to(dtype)
+        assert resolve_backend("covariance_accumulate", None, dev, lambda: _prefer_wgmma(x, None, out)) == "cuda"
+        mask = torch.ones(100, dtype=torch.uint8, device=dev)
+        assert _prefer_wgmma(x, mask, out) is None
+    assert _prefer_wgmma(torch.randn(100, 64, device=dev), None, out) is None
+
+
+@needs_sm90
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_covariance_sm90_copies_what_tma_cannot_read(dtype):
     """A mask, and rows that are not 16-byte aligned, go through a copy first; same sums."""

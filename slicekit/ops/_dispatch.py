@@ -1,7 +1,8 @@
 """One dispatcher for every hot op: CUDA extension -> Triton -> PyTorch reference.
 
 Resolution order for ``backend=None``: the explicit argument, then the ``SLICEKIT_BACKEND``
-environment variable, then automatic choice by device. An automatic fallback is silent; an
+environment variable, then automatic choice by device (an op's input-dependent preference first,
+where it has one, then its AUTO_ORDER). An automatic fallback is silent; an
 explicitly requested backend that cannot run raises with the reason and the fix, because a user
 who asked for a fast path and silently got the slow one would publish the wrong numbers.
 """
@@ -78,11 +79,10 @@ def available_backends(op: str, device: torch.device | str | None = None) -> lis
 
 
 # Automatic order per op on CUDA, fastest first as measured on the H200 (benchmarks/results,
-# README). Covariance: the extension's Hopper wgmma kernel is now level with the Triton kernel at
-# d = 4096 (0.53-0.55 ms at N = 16384) and 4-18% ahead at d = 2048, 5120 and 8192
-# (covariance.json, commit a534066), but Triton stays first: the extension falls back to chunked
-# cuBLAS off Hopper (1.5 ms at d = 4096) and multiplies masked rows as zeros where Triton gathers
-# the kept rows, so Triton is the one default that is fast on every GPU and every input.
+# README). Covariance: Triton first in general -- the extension falls back to chunked cuBLAS off
+# Hopper (1.5 ms at d = 4096, N = 16384) and multiplies masked rows as zeros where Triton gathers
+# the kept rows -- but its Hopper wgmma kernel is preferred for unmasked 16-bit input on an sm_90
+# GPU, where it is level with or ahead of Triton (slicekit.ops.covariance._prefer_wgmma).
 AUTO_ORDER = {
     "covariance_accumulate": ("triton", "cuda"),
     "rotate_slice": ("cuda", "triton"),
@@ -90,8 +90,13 @@ AUTO_ORDER = {
 }
 
 
-def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
-    """Pick the backend for one call (see the module docstring for the order)."""
+def resolve_backend(op: str, backend: str | None, device: torch.device,
+                    prefer: Callable[[], str | None] | None = None) -> str:
+    """Pick the backend for one call (see the module docstring for the order).
+
+    ``prefer``: consulted only for an automatic choice on CUDA; the backend it names (if it can run)
+    goes before the op's AUTO_ORDER.
+    """
     requested = backend or os.environ.get("SLICEKIT_BACKEND") or None
     if requested is not None:
         requested = requested.lower()
@@ -100,21 +105,29 @@ def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
             raise RuntimeError(f"slicekit: backend {requested!r} cannot run {op} on {device}: {problem}")
         return requested
     if device.type == "cuda":
-        for candidate in AUTO_ORDER.get(op, ("cuda", "triton")):
+        first = prefer() if prefer is not None else None
+        order = AUTO_ORDER.get(op, ("cuda", "triton"))
+        for candidate in ((first,) if first else ()) + order:
             if _backend_problem(op, candidate, device) is None:
                 return candidate
     return "torch"
 
 
 class Op:
-    """A public op with one implementation per backend, picked per call."""
+    """A public op with one implementation per backend, picked per call.
 
-    def __init__(self, name: str, impls: dict[str, Callable]):
+    ``prefer(*args, **kwargs)``: optional; the backend to try first for these inputs when the choice
+    is automatic (None: the AUTO_ORDER alone).
+    """
+
+    def __init__(self, name: str, impls: dict[str, Callable], prefer: Callable[..., str | None] | None = None):
         self.name = name
         self.impls = impls
+        self.prefer = prefer
 
     def __call__(self, *args, backend: str | None = None, device: torch.device, **kwargs):
-        chosen = resolve_backend(self.name, backend, device)
+        hint = (lambda: self.prefer(*args, **kwargs)) if self.prefer is not None else None
+        chosen = resolve_backend(self.name, backend, device, hint)
         impl = self.impls.get(chosen)
         if impl is None:
             raise RuntimeError(f"slicekit: op {self.name} has no {chosen!r} implementation")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import Op
+from ._dispatch import Op, _cuda_extension
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -50,7 +50,22 @@ def symmetrize_(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-_OP = Op("covariance_accumulate", {"torch": covariance_ref, "triton": _triton_impl, "cuda": _cuda_impl})
+def _prefer_wgmma(x, mask, out, symmetric=True):
+    """The extension's Hopper wgmma kernel for unmasked fp16/bf16 rows on an sm_90 GPU (it says so
+    through covariance_path): there it is level with the Triton kernel at d = 4096 and ahead at
+    d = 2048, 5120 and 8192 (README, benchmarks/results/covariance.json). With a mask Triton gathers
+    the kept rows where the extension copies X with zeroed rows, so the AUTO_ORDER decides."""
+    if mask is not None or x.dtype not in (torch.float16, torch.bfloat16) or x.device.type != "cuda":
+        return None
+    path = getattr(torch.ops.slicekit, "covariance_path", None) if _cuda_extension() is not None else None
+    if path is None:
+        return None
+    with torch.cuda.device(x.device):
+        return "cuda" if path(x) == "sm90_wgmma" else None
+
+
+_OP = Op("covariance_accumulate", {"torch": covariance_ref, "triton": _triton_impl, "cuda": _cuda_impl},
+         prefer=_prefer_wgmma)
 
 
 def covariance(
