@@ -14,8 +14,6 @@ knobs, next to torch's fp16->fp32 GEMM in the same process:
                            split the time into feed, tensor-core work and epilogue (their sums are
                            garbage; err is not reported)
   SLICEKIT_COV_SM90_EPI    "narrow": the streaming epilogue's earlier, narrower batches (A/B)
-  SLICEKIT_COV_SM90_PREFETCH  k-blocks before a tile's end at which the producer prefetches the
-                           tile's part of the float64 output into L2 (0 = never)
 The Triton kernel (the dispatcher's default) is timed on the same X for comparison.
 X is calibration-like (mean 0.5, a few channels 30x larger), N = 16384 rows. Medians of CUDA-event
 timings; the error is the relative Frobenius error of one symmetric call against float64.
@@ -36,8 +34,9 @@ import torch  # noqa: E402
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
 from bench_covariance import activations, fp64_path, rel_err  # noqa: E402  (the same X, reference, error)
 
-# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER[, epi, prefetch])
-# per named set; epi and prefetch: SLICEKIT_COV_SM90_EPI and SLICEKIT_COV_SM90_PREFETCH ("" = unset).
+# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER[, epi]) per named
+# set; epi: SLICEKIT_COV_SM90_EPI ("" = unset). The epilogue set at 05afb3b also timed an L2 prefetch of
+# `out` (SLICEKIT_COV_SM90_PREFETCH, since removed): covariance_sm90_epilogue.json.
 _T128 = ("128", "6,8,0,256")  # the 128-wide defaults: tile, SLICEKIT_COV_SM90_TUNE
 _T192 = ("192", "5,8,0,256")
 SETS = {
@@ -61,10 +60,8 @@ SETS = {
     ],
     "default": [("auto", "", "", "0", "0")],
     "epilogue": [
-        ("auto", "", "", "0", "0", "narrow", "0"), ("auto", "", "", "0", "0", "", "0"),
-        ("auto", "", "", "0", "0", "narrow", "8"), ("auto", "", "", "0", "0", "", "8"),
-        ("auto", "", "", "0", "0", "", "24"), ("auto", "", "", "0", "0", "", "64"),
-        ("auto", "", "", "3", "0", "", "0"), ("auto", "", "", "0", "0", "narrow", "0"),
+        ("auto", "", "", "0", "0", "narrow"), ("auto", "", "", "0", "0", ""), ("auto", "", "", "3", "0", ""),
+        ("auto", "", "", "0", "0", "narrow"),
     ],
 }
 
@@ -108,9 +105,9 @@ def main(argv=None) -> int:
                              x_gemm=gemm / ms, rel_err=err))
             print(rows[-1], file=sys.stderr, flush=True)
             for tile, tune, chunk, probe, stagger, *extra in SETS[args.set]:
-                epi, prefetch = (extra + ["", ""])[:2]
+                epi = extra[0] if extra else ""
                 knobs = dict(SLICEKIT_COV_SM90_TILE=None if tile == "auto" else tile,
-                             SLICEKIT_COV_SM90_EPI=epi or None, SLICEKIT_COV_SM90_PREFETCH=prefetch or None,
+                             SLICEKIT_COV_SM90_EPI=epi or None,
                              SLICEKIT_COV_SM90_STAGGER=None if stagger == "0" else stagger,
                              SLICEKIT_COV_SM90_TUNE=tune or None, SLICEKIT_COV_SM90_CHUNK=chunk or None,
                              SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe)
@@ -123,13 +120,13 @@ def main(argv=None) -> int:
                     ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
                     ms_sym = bench_ms(lambda: op(x, None, out, True))[0] if args.sym else None  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
-                                 probe=probe, stagger=int(stagger), epi=epi, prefetch=prefetch, ms=ms,
+                                 probe=probe, stagger=int(stagger), epi=epi, ms=ms,
                                  x_gemm=gemm / ms, rel_err=err, ms_sym=ms_sym))
                 print(rows[-1], file=sys.stderr, flush=True)
             del x, ref, out
             torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epi",
-                                "prefetch", "ms", "x_gemm", "rel_err", "ms_sym"]))
+    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epi", "ms",
+                                "x_gemm", "rel_err", "ms_sym"]))
     print(f"wrote {write_results(args.name, rows)}")
     return 0
 
