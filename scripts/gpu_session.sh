@@ -72,7 +72,8 @@ for stage in "$@"; do
       ;;
     *)
       stamp "$name $args"
-      timeout $BT python3 benchmarks/$name.py $args > "$LOG/$name.txt" 2>&1; echo "rc=$?"; tail -${TAIL:-30} "$LOG/$name.txt"
+      log="$LOG/$name.txt"; k=2; while [ -e "$log" ]; do log="$LOG/${name}_$k.txt"; k=$((k + 1)); done  # a stage run twice
+      timeout $BT python3 benchmarks/$name.py $args > "$log" 2>&1; echo "rc=$?"; tail -${TAIL:-30} "$log"
       ;;
   esac
 done
