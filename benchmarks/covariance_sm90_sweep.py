@@ -14,9 +14,12 @@ knobs, next to torch's fp16->fp32 GEMM in the same process:
                            split the time into feed, tensor-core work and epilogue (their sums are
                            garbage; err is not reported)
   SLICEKIT_COV_SM90_EPI    "narrow": the streaming epilogue's earlier, narrower batches (A/B)
-The Triton kernel (the dispatcher's default) is timed on the same X for comparison.
+  SLICEKIT_COV_SM90_SPLITS row ranges per tile (split-K; the default splits only launches with fewer
+                           tiles than SMs)
+The Triton kernel (the dispatcher's choice off Hopper and for masked input) is timed on the same X.
 X is calibration-like (mean 0.5, a few channels 30x larger), N = 16384 rows. Medians of CUDA-event
-timings; the error is the relative Frobenius error of one symmetric call against float64.
+timings; the error is the relative Frobenius error of one streaming call, mirrored by symmetrize_ as the
+pipeline does, against float64.
 
     python benchmarks/covariance_sm90_sweep.py                 # d 4096 and 8192, fp16, the tile sweep
     python benchmarks/covariance_sm90_sweep.py --d 4096 --dtype bf16 --set tune
@@ -34,9 +37,10 @@ import torch  # noqa: E402
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
 from bench_covariance import activations, fp64_path, rel_err  # noqa: E402  (the same X, reference, error)
 
-# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER[, epi]) per named
-# set; epi: SLICEKIT_COV_SM90_EPI ("" = unset). The epilogue set at 05afb3b also timed an L2 prefetch of
-# `out` (SLICEKIT_COV_SM90_PREFETCH, since removed): covariance_sm90_epilogue.json.
+# (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER[, knobs]) per
+# named set; knobs: more SLICEKIT_COV_SM90_* variables by suffix, e.g. {"EPI": "narrow"}. The epilogue set
+# at 05afb3b also timed an L2 prefetch of `out` (SLICEKIT_COV_SM90_PREFETCH, since removed):
+# covariance_sm90_epilogue.json.
 _T128 = ("128", "6,8,0,256")  # the 128-wide defaults: tile, SLICEKIT_COV_SM90_TUNE
 _T192 = ("192", "5,8,0,256")
 SETS = {
@@ -60,9 +64,10 @@ SETS = {
     ],
     "default": [("auto", "", "", "0", "0")],
     "epilogue": [
-        ("auto", "", "", "0", "0", "narrow"), ("auto", "", "", "0", "0", ""), ("auto", "", "", "3", "0", ""),
-        ("auto", "", "", "0", "0", "narrow"),
+        ("auto", "", "", "0", "0", {"EPI": "narrow"}), ("auto", "", "", "0", "0"), ("auto", "", "", "3", "0"),
+        ("auto", "", "", "0", "0", {"EPI": "narrow"}),
     ],
+    "splits": [("auto", "", "", "0", "0", {"SPLITS": k}) for k in ("1", "", "2", "3", "4", "8")],
 }
 
 
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
         print("covariance_sm90_sweep.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
         return 2
     from slicekit.kernels import covariance as kcov
+    from slicekit.ops import symmetrize_
 
     op = torch.ops.slicekit.covariance_accumulate
     rows = []
@@ -105,28 +111,29 @@ def main(argv=None) -> int:
                              x_gemm=gemm / ms, rel_err=err))
             print(rows[-1], file=sys.stderr, flush=True)
             for tile, tune, chunk, probe, stagger, *extra in SETS[args.set]:
-                epi = extra[0] if extra else ""
+                more = extra[0] if extra else {}
                 knobs = dict(SLICEKIT_COV_SM90_TILE=None if tile == "auto" else tile,
-                             SLICEKIT_COV_SM90_EPI=epi or None,
+                             **{f"SLICEKIT_COV_SM90_{k}": v or None for k, v in more.items()},
                              SLICEKIT_COV_SM90_STAGGER=None if stagger == "0" else stagger,
                              SLICEKIT_COV_SM90_TUNE=tune or None, SLICEKIT_COV_SM90_CHUNK=chunk or None,
                              SLICEKIT_COV_SM90_PROBE=None if probe == "0" else probe)
                 with env_vars(**knobs):
                     err = None
-                    if probe == "0":
+                    if probe == "0":  # the error of the timed (streaming) call, mirrored as the pipeline does
                         out.zero_()
-                        op(x, None, out, True)
-                        err = rel_err(out, ref)
+                        op(x, None, out, False)
+                        err = rel_err(symmetrize_(out), ref)
                     ms = bench_ms(lambda: op(x, None, out, False))[0]  # noqa: B023
                     ms_sym = bench_ms(lambda: op(x, None, out, True))[0] if args.sym else None  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
-                                 probe=probe, stagger=int(stagger), epi=epi, ms=ms,
+                                 probe=probe, stagger=int(stagger), epi=more.get("EPI", ""),
+                                 splits=more.get("SPLITS", ""), ms=ms,
                                  x_gemm=gemm / ms, rel_err=err, ms_sym=ms_sym))
                 print(rows[-1], file=sys.stderr, flush=True)
             del x, ref, out
             torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epi", "ms",
-                                "x_gemm", "rel_err", "ms_sym"]))
+    print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epi",
+                                "splits", "ms", "x_gemm", "rel_err", "ms_sym"]))
     print(f"wrote {write_results(args.name, rows)}")
     return 0
 

@@ -91,7 +91,17 @@ struct Shape {
 // the upper triangle has the fewest rows (off = 0 for kN = kTile; a multiple of the TMA box otherwise).
 struct Tiling {
   int R, C, off, group, n_tiles;
+  int splits;  // row ranges per tile (split-K, choose_splits()): work item = (range, tile)
 };
+
+// Work item `it` of a launch: tile t, k-blocks [kb0, kb1). Range-major, so that the CTAs running
+// together stream the same rows of X (shared in L2), as with whole tiles.
+__host__ __device__ __forceinline__ void work_item(int it, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1) {
+  const int r = it / g.n_tiles;
+  t = it - r * g.n_tiles;
+  kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * r / g.splits);
+  kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (r + 1) / g.splits);
+}
 
 // Where and how the tiles' sums go: the float64 matrix `out` (strides in elements) and the epilogue's
 // options (set in launch_tiles()).
@@ -392,8 +402,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (++s_free == stages) s_free = 0;
   };
   if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
-    for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
-      for (int kb = 0; kb < num_kb; ++kb) {
+    for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+      int t, kb0, kb1;
+      work_item(it, g, num_kb, t, kb0, kb1);
+      for (int kb = kb0; kb < kb1; ++kb) {
         mbar_wait(&full[s], phase);
         if (tid == 0) mbar_arrive(&empty[s]);
         next_stage(s, phase, stages);
@@ -401,8 +413,9 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
     return;
   }
-  for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
-    int ti, tj;
+  for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+    int t, kb0, kb1, ti, tj;
+    work_item(it, g, num_kb, t, kb0, kb1);
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
@@ -410,7 +423,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
     bool fresh = true;     // the next MMA starts a chunk
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
-    for (int kb = 0; kb < num_kb; ++kb) {
+    for (int kb = kb0; kb < kb1; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
@@ -432,7 +445,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       }
       pending = true;
       fresh = false;
-      if (--left == 0 || kb + 1 == num_kb) {
+      if (--left == 0 || kb + 1 == kb1) {
         wgmma_wait<0>();
         fence_operands(acc);
         release();
@@ -457,14 +470,17 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (probe == kProbeNoEpilogue) continue;
     double* __restrict__ out = o.ptr;
     const int64_t so_row = o.so_row, so_col = o.so_col;
-    if (o.mirror) {
+    if (o.mirror || g.splits > 1) {
       // The mirrored form: one fire-and-forget float64 add per element and per mirror element,
       // performed in L2 (red.global.add) -- no round trip, no registers for the old values, and the
       // mirror addresses, which spill when batched as below, cost nothing. Each element gets exactly
       // one add per launch, so the sums are those of a read-modify-write and a symmetric `out` stays
       // exactly symmetric. 16-25% faster than the per-element `+=` it replaced (d = 2048-8192);
       // for the streaming form the batched loads and stores below were level or faster
-      // (covariance_sm90_exploration.json, d08562b).
+      // (covariance_sm90_exploration.json, d08562b). Split tiles (streaming form only) take this
+      // path too: CTAs holding ranges of one tile add into the same elements, which only atomic adds
+      // may do (and which is why the mirrored form never splits: the order of a pair of adds could
+      // differ between an element and its mirror).
 #pragma unroll
       for (int i = 0; i < kN / 8; ++i) {
 #pragma unroll
@@ -475,7 +491,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
           if (gi < d && gj >= 0 && gj < d && gi <= gj) {
             const double v = static_cast<double>(mid[4 * i + h]);
             red_add(out + gi * so_row + gj * so_col, v);
-            if (gi < gj) red_add(out + gj * so_row + gi * so_col, v);
+            if (o.mirror && gi < gj) red_add(out + gj * so_row + gi * so_col, v);
           }
         }
       }
@@ -518,12 +534,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      for (int t = blockIdx.x; t < g.n_tiles; t += gridDim.x) {
-        int ti, tj;
+      for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+        int t, kb0, kb1, ti, tj;
+        work_item(it, g, num_kb, t, kb0, kb1);
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
-        for (int kb = 0; kb < num_kb; ++kb) {
+        for (int kb = kb0; kb < kb1; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
           const int row = kb * kBlockK;
@@ -601,6 +618,33 @@ int tile_width(int64_t d) {
   return d >= 2048 ? 192 : 128;
 }
 
+// Split-K: with fewer tiles than CTAs, a launch lasts as long as one tile's whole row loop (d = 576:
+// 15 tiles took 0.113 ms at N = 16384 on the H200, d = 1536 with 78 tiles as long) while most SMs
+// idle. Cutting every tile into s row ranges makes n_tiles * s work items; a launch then takes
+// ceil(n_tiles s / CTAs) / s tile-times. The smallest s within 5% of the best (s <= 16, at least
+// kMinSplitKb k-blocks per range) is taken; the items' sums go out as atomic float64 adds.
+// Only for launches with fewer tiles than CTAs (a larger d has whole waves to fill, and split tiles
+// would trade its batched epilogue for atomics), never for the mirrored form (see consume()).
+// SLICEKIT_COV_SM90_SPLITS=s forces s (the streaming form only).
+constexpr int kMaxSplits = 16;
+constexpr int kMinSplitKb = 4;
+
+int choose_splits(int n_tiles, int slots, int num_kb, bool mirror) {
+  if (mirror) return 1;
+  const int most = std::max(1, std::min(kMaxSplits, num_kb / kMinSplitKb));
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_SPLITS")) {
+    const int s = std::atoi(env);
+    if (s >= 1) return std::min(s, std::max(1, num_kb));
+  }
+  if (n_tiles >= slots) return 1;
+  auto cost = [&](int s) { return static_cast<double>((n_tiles * s + slots - 1) / slots) / s; };
+  double best = cost(1);
+  for (int s = 2; s <= most; ++s) best = std::min(best, cost(s));
+  for (int s = 1; s <= most; ++s)
+    if (cost(s) <= 1.05 * best) return s;
+  return 1;
+}
+
 template <int kN>
 void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out, int64_t so_row,
                   int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int stagger,
@@ -616,7 +660,9 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   g.n_tiles = count_tiles<kN>(g.R, g.C, g.off);  // R (R + 1) / 2 for square tiles
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int grid = std::max(1, std::min(g.n_tiles, ctas > 0 ? ctas : sms));
+  const int slots = ctas > 0 ? ctas : sms;
+  g.splits = choose_splits(g.n_tiles, slots, (rows + kBlockK - 1) / kBlockK, mirror);
+  const int grid = std::max(1, std::min(g.n_tiles * g.splits, slots));
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
   Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
