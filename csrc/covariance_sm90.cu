@@ -619,29 +619,37 @@ int tile_width(int64_t d) {
 }
 
 // Split-K: with fewer tiles than CTAs, a launch lasts as long as one tile's whole row loop (d = 576:
-// 15 tiles took 0.113 ms at N = 16384 on the H200, d = 1536 with 78 tiles as long) while most SMs
-// idle. Cutting every tile into s row ranges makes n_tiles * s work items; a launch then takes
-// ceil(n_tiles s / CTAs) / s tile-times. The smallest s within 5% of the best (s <= 16, at least
-// kMinSplitKb k-blocks per range) is taken; the items' sums go out as atomic float64 adds.
-// Only for launches with fewer tiles than CTAs (a larger d has whole waves to fill, and split tiles
-// would trade its batched epilogue for atomics), never for the mirrored form (see consume()).
+// 15 tiles took 0.12 ms at N = 16384 on the H200, d = 1536 with 78 tiles as long) while most SMs
+// idle. Cutting every tile into s row ranges makes n_tiles * s work items, whose sums go out as atomic
+// float64 adds (L2 reductions, one per element and item). Modelled in k-block times of MMA work,
+//   ceil(n_tiles s / CTAs) * (num_kb / s + (s > 1 ? kRedKb : kRmwKb)),
+// kRedKb fitted to the forced counts measured at N = 16384 (25-38 k-blocks per item from d = 576 to
+// 2048, covariance_sm90_splits_b772114.json): d = 576 best at 8 ranges (0.032 ms), 1024 at 3 (0.056),
+// 1536 at 3 (0.106 against 0.121 whole), 2048 (96 192-wide tiles) best whole (0.157; 4 ranges
+// 0.173) -- the choices the model makes. Its cheapest s is taken (the
+// smallest within 2%), only for launches with fewer tiles than CTAs (forced splits at d = 3072, 4096,
+// 8192 were 6-45% slower) and never for the mirrored form (see consume()).
 // SLICEKIT_COV_SM90_SPLITS=s forces s (the streaming form only).
 constexpr int kMaxSplits = 16;
-constexpr int kMinSplitKb = 4;
+constexpr int kRedKb = 32;
+constexpr int kRmwKb = 8;
 
 int choose_splits(int n_tiles, int slots, int num_kb, bool mirror) {
   if (mirror) return 1;
-  const int most = std::max(1, std::min(kMaxSplits, num_kb / kMinSplitKb));
   if (const char* env = std::getenv("SLICEKIT_COV_SM90_SPLITS")) {
     const int s = std::atoi(env);
     if (s >= 1) return std::min(s, std::max(1, num_kb));
   }
   if (n_tiles >= slots) return 1;
-  auto cost = [&](int s) { return static_cast<double>((n_tiles * s + slots - 1) / slots) / s; };
+  auto cost = [&](int s) {
+    const int rounds = (n_tiles * s + slots - 1) / slots;
+    return rounds * (static_cast<double>(num_kb) / s + (s > 1 ? kRedKb : kRmwKb));
+  };
+  const int most = std::max(1, std::min(kMaxSplits, num_kb));
   double best = cost(1);
   for (int s = 2; s <= most; ++s) best = std::min(best, cost(s));
   for (int s = 1; s <= most; ++s)
-    if (cost(s) <= 1.05 * best) return s;
+    if (cost(s) <= 1.02 * best) return s;
   return 1;
 }
 
