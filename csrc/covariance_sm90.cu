@@ -95,12 +95,27 @@ struct Tiling {
 };
 
 // Work item `it` of a launch: tile t, k-blocks [kb0, kb1). Range-major, so that the CTAs running
-// together stream the same rows of X (shared in L2), as with whole tiles.
+// together stream the same rows of X (shared in L2), as with whole tiles. kSplit = false is a kernel
+// of its own with whole tiles compiled in: run in one process on the H200, the kernel that read
+// `splits` at run time was 3-9% slower at d = 4096-8192 than the one before it, with the same SASS in
+// its loops (d32e077 vs 8cccd9f, covariance_sm90_splits_ab.json).
+template <bool kSplit>
+__host__ __device__ __forceinline__ int n_items(const Tiling& g) {
+  return kSplit ? g.n_tiles * g.splits : g.n_tiles;
+}
+
+template <bool kSplit>
 __host__ __device__ __forceinline__ void work_item(int it, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1) {
-  const int r = it / g.n_tiles;
-  t = it - r * g.n_tiles;
-  kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * r / g.splits);
-  kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (r + 1) / g.splits);
+  if constexpr (!kSplit) {
+    t = it;
+    kb0 = 0;
+    kb1 = num_kb;
+  } else {
+    const int r = it / g.n_tiles;
+    t = it - r * g.n_tiles;
+    kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * r / g.splits);
+    kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (r + 1) / g.splits);
+  }
 }
 
 // Where and how the tiles' sums go: the float64 matrix `out` (strides in elements) and the epilogue's
@@ -387,7 +402,7 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
 }
 
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16, int kN>
+template <bool kBF16, int kN, bool kSplit>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
                                         uint64_t desc_strides, int stages, int probe, int phase_kb) {
@@ -402,9 +417,9 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (++s_free == stages) s_free = 0;
   };
   if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
-    for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+    for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
       int t, kb0, kb1;
-      work_item(it, g, num_kb, t, kb0, kb1);
+      work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
       for (int kb = kb0; kb < kb1; ++kb) {
         mbar_wait(&full[s], phase);
         if (tid == 0) mbar_arrive(&empty[s]);
@@ -413,9 +428,9 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
     return;
   }
-  for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+  for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
     int t, kb0, kb1, ti, tj;
-    work_item(it, g, num_kb, t, kb0, kb1);
+    work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
@@ -470,7 +485,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (probe == kProbeNoEpilogue) continue;
     double* __restrict__ out = o.ptr;
     const int64_t so_row = o.so_row, so_col = o.so_col;
-    if (o.mirror || g.splits > 1) {
+    if (o.mirror || kSplit) {
       // The mirrored form: one fire-and-forget float64 add per element and per mirror element,
       // performed in L2 (red.global.add) -- no round trip, no registers for the old values, and the
       // mirror addresses, which spill when batched as below, cost nothing. Each element gets exactly
@@ -504,7 +519,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 }
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16, int kN>
+template <bool kBF16, int kN, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
@@ -534,9 +549,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      for (int it = blockIdx.x; it < g.n_tiles * g.splits; it += gridDim.x) {
+      for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
         int t, kb0, kb1, ti, tj;
-        work_item(it, g, num_kb, t, kb0, kb1);
+        work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
@@ -562,7 +577,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16, kN>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
+    consume<kBF16, kN, kSplit>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
                        (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
@@ -602,7 +617,9 @@ uint64_t desc_strides() {
 
 template <bool kBF16, int kN>
 bool set_smem() {
-  return cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  return cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              Shape<kN>::kSmemBytes) == cudaSuccess &&
+         cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               Shape<kN>::kSmemBytes) == cudaSuccess;
 }
 
@@ -670,13 +687,14 @@ void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int slots = ctas > 0 ? ctas : sms;
   g.splits = choose_splits(g.n_tiles, slots, (rows + kBlockK - 1) / kBlockK, mirror);
-  const int grid = std::max(1, std::min(g.n_tiles * g.splits, slots));
+  const int grid = std::max(1, std::min(g.n_tiles * g.splits, slots));  // n_items()
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
   Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   o.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
-  auto kernel = bf16 ? cov_wgmma_kernel<true, kN> : cov_wgmma_kernel<false, kN>;
+  auto kernel = g.splits > 1 ? (bf16 ? cov_wgmma_kernel<true, kN, true> : cov_wgmma_kernel<false, kN, true>)
+                             : (bf16 ? cov_wgmma_kernel<true, kN, false> : cov_wgmma_kernel<false, kN, false>);
   kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, o, desc_strides(),
                                                              std::min(stages, Shape<kN>::kStages), probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -696,7 +714,7 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128>) == cudaSuccess &&
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, false>) == cudaSuccess &&
                     attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem<false, 128>() &&
                     set_smem<true, 128>() && set_smem<false, 192>() && set_smem<true, 192>();
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
