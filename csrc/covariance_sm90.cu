@@ -29,9 +29,10 @@
 // (as Nsight Compute had said: tensor pipe ~49%, L2 47%; 2-CTA clusters that multicast the shared
 // row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
 // per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
-// registers, the most that promotion in registers allows. Together with the batched epilogue below
-// and the stagger: 0.53-0.56 ms at d = 4096 and 2.12-2.22 ms at d = 8192 (1.38-1.49x torch's full
-// fp16 GEMM, 16.4-17.2x float64; README), equal to or ahead of the Triton kernel.
+// registers, the most that promotion in registers allows. Together with the epilogue below and the
+// stagger: 0.52-0.53 ms at d = 4096 and 1.98-2.12 ms at d = 8192, N = 16384 (1.46-1.57x torch's full
+// fp16 GEMM, 17.0-18.0x float64; README, 508c90b), 12-17% less time than the Triton kernel there.
+// Launches with fewer tiles than SMs split tiles into row ranges (choose_splits()).
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
 // exactly symmetric): batched loads then stores in the streaming form (16-byte accesses where a

@@ -82,7 +82,7 @@ def available_backends(op: str, device: torch.device | str | None = None) -> lis
 # README). Covariance: Triton first in general -- the extension falls back to chunked cuBLAS off
 # Hopper (1.5 ms at d = 4096, N = 16384) and multiplies masked rows as zeros where Triton gathers
 # the kept rows -- but its Hopper wgmma kernel is preferred for unmasked 16-bit input on an sm_90
-# GPU, where it is level with or ahead of Triton (slicekit.ops.covariance._prefer_wgmma).
+# GPU, where it is faster than Triton everywhere measured (slicekit.ops.covariance._prefer_wgmma).
 AUTO_ORDER = {
     "covariance_accumulate": ("triton", "cuda"),
     "rotate_slice": ("cuda", "triton"),

@@ -52,9 +52,10 @@ def symmetrize_(out: torch.Tensor) -> torch.Tensor:
 
 def _prefer_wgmma(x, mask, out, symmetric=True):
     """The extension's Hopper wgmma kernel for unmasked fp16/bf16 rows on an sm_90 GPU (it says so
-    through covariance_path): there it is level with the Triton kernel at d = 4096 and ahead at
-    d = 2048, 5120 and 8192 (README, benchmarks/results/covariance.json). With a mask Triton gathers
-    the kept rows where the extension copies X with zeroed rows, so the AUTO_ORDER decides."""
+    through covariance_path): there it took 3-81% less time than the Triton kernel at every width and
+    row count measured, d = 576-8192 (README; benchmarks/results/covariance.json and
+    covariance_small_d.json). With a mask Triton gathers the kept rows where the extension copies X
+    with zeroed rows, so the AUTO_ORDER decides."""
     if mask is not None or x.dtype not in (torch.float16, torch.bfloat16) or x.device.type != "cuda":
         return None
     path = getattr(torch.ops.slicekit, "covariance_path", None) if _cuda_extension() is not None else None
