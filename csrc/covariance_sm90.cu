@@ -644,9 +644,9 @@ int tile_width(int64_t d) {
 // kRedKb fitted to the forced counts measured at N = 16384 (25-38 k-blocks per item from d = 576 to
 // 2048, covariance_sm90_splits_b772114.json): d = 576 best at 8 ranges (0.032 ms), 1024 at 3 (0.056),
 // 1536 at 3 (0.106 against 0.121 whole), 2048 (96 192-wide tiles) best whole (0.157; 4 ranges
-// 0.173) -- the choices the model makes. Its cheapest s is taken (the
-// smallest within 2%), only for launches with fewer tiles than CTAs (forced splits at d = 3072, 4096,
-// 8192 were 6-45% slower) and never for the mirrored form (see consume()).
+// 0.173) -- the choices the model makes. Its cheapest s is taken (the smallest within 2%), only for
+// launches with fewer tiles than CTAs (forced splits at d = 3072, 4096, 8192 were 6-45% slower) and
+// never for the mirrored form (see consume()).
 // SLICEKIT_COV_SM90_SPLITS=s forces s (the streaming form only).
 constexpr int kMaxSplits = 16;
 constexpr int kRedKb = 32;
