@@ -56,13 +56,11 @@ def _prefer_wgmma(x, mask, out, symmetric=True):
     row count measured, d = 576-8192 (README; benchmarks/results/covariance.json and
     covariance_small_d.json). With a mask Triton gathers the kept rows where the extension copies X
     with zeroed rows, so the AUTO_ORDER decides."""
-    if mask is not None or x.dtype not in (torch.float16, torch.bfloat16) or x.device.type != "cuda":
+    if mask is not None or x.device.type != "cuda":
         return None
     path = getattr(torch.ops.slicekit, "covariance_path", None) if _cuda_extension() is not None else None
-    if path is None:
-        return None
-    with torch.cuda.device(x.device):
-        return "cuda" if path(x) == "sm90_wgmma" else None
+    # covariance_path checks the dtype and runs on x's device itself.
+    return "cuda" if path is not None and path(x) == "sm90_wgmma" else None
 
 
 _OP = Op("covariance_accumulate", {"torch": covariance_ref, "triton": _triton_impl, "cuda": _cuda_impl},
