@@ -278,6 +278,11 @@ def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
     # The mirrored call never splits tiles into row ranges; the streaming one does when there are fewer
     # tiles than SMs, which regroups the fp32 partial sums: equal to within the precision bound.
     assert _rel_fro(torch.triu(upper), torch.triu(out - out0)) <= _cov_tol(dtype, n, 128)
+    # With whole tiles (SLICEKIT_COV_SM90_SPLITS=1) both forms add the same fp32 sums.
+    monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", "1")
+    whole = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, whole, False)
+    assert _rel_fro(torch.triu(whole), torch.triu(out - out0)) <= 1e-12
 
 
 @needs_sm90
