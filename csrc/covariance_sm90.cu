@@ -346,6 +346,10 @@ constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by di
 // serialises them into 64-96 dependent round trips per thread and tile, while this SM's tensor cores
 // idle (batching took d = 8192, 192-wide tiles from 2.69 to 2.46 ms).
 //
+// Whether element (gi, gj) of a tile is one the kernel adds: inside `out` and in its upper triangle
+// (tiles that cross the diagonal also hold gi > gj; a partial leftmost column block holds gj < 0).
+__device__ __forceinline__ bool in_upper(int gi, int gj, int d) { return gi < d && gj >= 0 && gj < d && gi <= gj; }
+
 // add_tile_edge: any strides, a bounds and triangle test per element; batches of kBatch column groups
 // of 8 (4 or 2: ptxas spills beyond, as the addresses and tests take registers).
 template <int kN, int kBatch>
@@ -359,14 +363,13 @@ __device__ __forceinline__ void add_tile_edge(const float (&mid)[kN / 2], double
     for (int k = 0; k < kBatch * 4; ++k) {
       const int gi = row0 + ((k & 3) >> 1) * 8;
       const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
-      // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
-      old[k] = gi < d && gj >= 0 && gj < d && gi <= gj ? out[gi * so_row + gj * so_col] : 0.0;
+      old[k] = in_upper(gi, gj, d) ? out[gi * so_row + gj * so_col] : 0.0;
     }
 #pragma unroll
     for (int k = 0; k < kBatch * 4; ++k) {
       const int gi = row0 + ((k & 3) >> 1) * 8;
       const int gj = col0 + 8 * (i0 + k / 4) + (k & 1);
-      if (gi < d && gj >= 0 && gj < d && gi <= gj) out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
+      if (in_upper(gi, gj, d)) out[gi * so_row + gj * so_col] = old[k] + static_cast<double>(mid[4 * i0 + k]);
     }
   }
 }
@@ -503,8 +506,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         for (int h = 0; h < 4; ++h) {
           const int gi = row0 + (h >> 1) * 8;
           const int gj = col0 + 8 * i + (h & 1);
-          // The upper triangle only: tiles that cross the diagonal also hold gi > gj.
-          if (gi < d && gj >= 0 && gj < d && gi <= gj) {
+          if (in_upper(gi, gj, d)) {
             const double v = static_cast<double>(mid[4 * i + h]);
             red_add(out + gi * so_row + gj * so_col, v);
             if (o.mirror && gi < gj) red_add(out + gj * so_row + gi * so_col, v);
