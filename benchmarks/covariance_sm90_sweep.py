@@ -16,6 +16,7 @@ knobs, next to torch's fp16->fp32 GEMM in the same process:
   SLICEKIT_COV_SM90_EPI    "narrow": the streaming epilogue's earlier, narrower batches (A/B)
   SLICEKIT_COV_SM90_SPLITS row ranges per tile (split-K; the default splits only launches with fewer
                            tiles than SMs)
+  SLICEKIT_COV_SM90_TAIL   row ranges per tile of the last, partly filled wave (1 = whole tiles)
 The Triton kernel (the dispatcher's choice off Hopper and for masked input) is timed on the same X.
 X is calibration-like (mean 0.5, a few channels 30x larger), N = 16384 rows. Medians of CUDA-event
 timings; the error is the relative Frobenius error of one streaming call, mirrored by symmetrize_ as the
@@ -68,6 +69,10 @@ SETS = {
         ("auto", "", "", "0", "0", {"EPI": "narrow"}),
     ],
     "splits": [("auto", "", "", "0", "0", {"SPLITS": k}) for k in ("1", "", "2", "3", "4", "8")],
+    # Whole tiles (1) and the default, twice in turn (drift), then forced tail ranges.
+    "tail": [("auto", "", "", "0", "0", {"TAIL": k}) for k in ("1", "", "1", "", "2", "3", "4", "6", "8")],
+    # Promotion interval with the default plan: speed against drift from float64.
+    "chunk": [("auto", "", c, "0", "0") for c in ("128", "192", "256", "128")],
 }
 
 
@@ -127,13 +132,13 @@ def main(argv=None) -> int:
                     ms_sym = bench_ms(lambda: op(x, None, out, True))[0] if args.sym else None  # noqa: B023
                 rows.append(dict(base, kernel="cuda", tile=tile, tune=tune, chunk_rows=int(chunk or 128),
                                  probe=probe, stagger=int(stagger), epi=more.get("EPI", ""),
-                                 splits=more.get("SPLITS", ""), ms=ms,
+                                 splits=more.get("SPLITS", ""), tail=more.get("TAIL", ""), ms=ms,
                                  x_gemm=gemm / ms, rel_err=err, ms_sym=ms_sym))
                 print(rows[-1], file=sys.stderr, flush=True)
             del x, ref, out
             torch.cuda.empty_cache()
     print(markdown_table(rows, ["d", "dtype", "kernel", "tile", "tune", "chunk_rows", "probe", "stagger", "epi",
-                                "splits", "ms", "x_gemm", "rel_err", "ms_sym"]))
+                                "splits", "tail", "ms", "x_gemm", "rel_err", "ms_sym"]))
     print(f"wrote {write_results(args.name, rows)}")
     return 0
 

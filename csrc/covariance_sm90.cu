@@ -92,31 +92,49 @@ struct Shape {
 // the upper triangle has the fewest rows (off = 0 for kN = kTile; a multiple of the TMA box otherwise).
 struct Tiling {
   int R, C, off, group, n_tiles;
-  int splits;  // row ranges per tile (split-K, choose_splits()): work item = (range, tile)
+  int splits;  // row ranges per split tile (kSplitAtomic: every tile; kTail: the tiles from `full` on)
+  int full;    // kTail: tiles [0, full) go whole
 };
 
-// Work item `it` of a launch: tile t, k-blocks [kb0, kb1). Range-major, so that the CTAs running
-// together stream the same rows of X (shared in L2), as with whole tiles. kSplit = false is a kernel
-// of its own with whole tiles compiled in: run in one process on the H200, the kernel that read
-// `splits` at run time was 3-9% slower at d = 4096-8192 than the one before it, with the same SASS in
-// its loops (d32e077 vs 8cccd9f, covariance_sm90_splits_ab.json).
-template <bool kSplit>
+// How a launch shares its tiles among the persistent CTAs (make_plan()):
+//   kWhole        every work item is a whole tile;
+//   kSplitAtomic  every tile is cut into `splits` row ranges whose sums go out as atomic float64 adds
+//                 (launches with fewer tiles than CTAs, streaming form only; choose_splits());
+//   kTail         the tiles that fill whole waves go whole; the last, partly filled wave's tiles are
+//                 cut into row ranges: all but the last range leave their fp32 sums in a workspace,
+//                 and the CTA of the last range adds them to its own before its ordinary epilogue
+//                 (choose_tail()). One CTA writes each element, so the mirrored form may split too.
+enum Mode : int { kWhole = 0, kSplitAtomic = 1, kTail = 2 };
+
+// Work items of a launch. Split items are range-major, so that the CTAs running together stream the
+// same rows of X (shared in L2), as with whole tiles. Each mode is a kernel of its own: run in one
+// process on the H200, a kernel that read `splits` at run time was 3-9% slower at d = 4096-8192 than
+// the one before it, with the same SASS in its loops (d32e077 vs 8cccd9f, covariance_sm90_splits_ab.json).
+template <int kMode>
 __host__ __device__ __forceinline__ int n_items(const Tiling& g) {
-  return kSplit ? g.n_tiles * g.splits : g.n_tiles;
+  if constexpr (kMode == kWhole) return g.n_tiles;
+  if constexpr (kMode == kSplitAtomic) return g.n_tiles * g.splits;
+  return g.full + (g.n_tiles - g.full) * g.splits;
 }
 
-template <bool kSplit>
-__host__ __device__ __forceinline__ void work_item(int it, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1) {
-  if constexpr (!kSplit) {
+// Work item `it`: tile t, k-blocks [kb0, kb1), row range r of the tile (-1: a whole tile).
+template <int kMode>
+__host__ __device__ __forceinline__ void work_item(int it, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1,
+                                                   int& r) {
+  if (kMode == kWhole || (kMode == kTail && it < g.full)) {
     t = it;
     kb0 = 0;
     kb1 = num_kb;
-  } else {
-    const int r = it / g.n_tiles;
-    t = it - r * g.n_tiles;
-    kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * r / g.splits);
-    kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (r + 1) / g.splits);
+    r = -1;
+    return;
   }
+  const int first = kMode == kTail ? g.full : 0;  // the first split tile
+  const int n = g.n_tiles - first;                // split tiles
+  const int j = it - first;
+  r = j / n;
+  t = first + j - r * n;
+  kb0 = static_cast<int>(static_cast<int64_t>(num_kb) * r / g.splits);
+  kb1 = static_cast<int>(static_cast<int64_t>(num_kb) * (r + 1) / g.splits);
 }
 
 // Where and how the tiles' sums go: the float64 matrix `out` (strides in elements) and the epilogue's
@@ -127,6 +145,8 @@ struct Out {
   int mirror;    // also add each value at its mirror position (symmetric=True)
   int vec;       // unit column stride and 16-byte aligned rows: add_tile_inner() may run
   int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
+  float* part;   // kTail: the fp32 sums of the split tiles' ranges but the last (tail_part())
+  int* flags;    // kTail: per split tile and consumer, how many of those ranges are in `part` (zeroed)
 };
 
 // First column block that row block I needs (its last column reaches the diagonal).
@@ -267,6 +287,24 @@ __device__ __forceinline__ void red_add(double* p, double v) {
   asm volatile("red.global.add.f64 [%0], %1;\n" ::"l"(p), "d"(v) : "memory");
 }
 
+// The tail's hand-over between CTAs (CUTLASS's generic barrier does the same): a consumer's 128 threads
+// store their sums, meet at a named barrier (ids 1 and 2; 0 is __syncthreads), and one of them
+// publishes with a release add; the waiting side reads the count with acquire loads, then meets its
+// own threads at the barrier before they read the sums from L2.
+__device__ __forceinline__ void consumer_sync(int c) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + c) : "memory");
+}
+
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
@@ -405,8 +443,17 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
   }
 }
 
+// kTail: where range r (< splits - 1) of split tile t leaves consumer c's fp32 sums in the workspace:
+// one block of kAcc x 128 floats per (tile, range, consumer), float4 q of thread tid at q * 128 + tid
+// (each warp's 16-byte accesses cover 512 contiguous bytes).
+template <int kN>
+__device__ __forceinline__ float4* tail_part(const Out& o, const Tiling& g, int t, int r, int c) {
+  const int64_t block = (static_cast<int64_t>(t - g.full) * (g.splits - 1) + r) * kConsumers + c;
+  return reinterpret_cast<float4*>(o.part) + block * (Shape<kN>::kAcc / 4) * 128;
+}
+
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16, int kN, bool kSplit>
+template <bool kBF16, int kN, int kMode>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
                                         uint64_t desc_strides, int stages, int probe, int phase_kb) {
@@ -421,9 +468,9 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     if (++s_free == stages) s_free = 0;
   };
   if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
-    for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
-      int t, kb0, kb1;
-      work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
+    for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
+      int t, kb0, kb1, r;
+      work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
       for (int kb = kb0; kb < kb1; ++kb) {
         mbar_wait(&full[s], phase);
         if (tid == 0) mbar_arrive(&empty[s]);
@@ -432,9 +479,9 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
     return;
   }
-  for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
-    int t, kb0, kb1, ti, tj;
-    work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
+  for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
+    int t, kb0, kb1, r, ti, tj;
+    work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
@@ -487,9 +534,45 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
     if (probe == kProbeNoEpilogue) continue;
+    if constexpr (kMode == kTail) {
+      if (r >= 0) {
+        int* flag = o.flags + (t - g.full) * kConsumers + c;
+        if (r < g.splits - 1) {  // not the last range: leave the sums for the last one's CTA
+          float4* part = tail_part<kN>(o, g, t, r, c);
+#pragma unroll
+          for (int q = 0; q < S::kAcc / 4; ++q)
+            __stcg(part + q * 128 + tid, make_float4(mid[4 * q], mid[4 * q + 1], mid[4 * q + 2], mid[4 * q + 3]));
+          consumer_sync(c);
+          if (tid == 0) red_release_add(flag, 1);
+          continue;
+        }
+        // The last range. Its partners are items of this wave or earlier ones, and never wait
+        // themselves, so with every CTA resident (grid <= SMs) the wait ends. Each range's sums
+        // come through `acc`, idle until the next tile starts afresh: all its loads in flight at once.
+        if (tid == 0) {
+          while (ld_acquire(flag) < g.splits - 1) {
+          }
+        }
+        consumer_sync(c);
+        for (int p = 0; p < g.splits - 1; ++p) {
+          const float4* part = tail_part<kN>(o, g, t, p, c);
+#pragma unroll
+          for (int q = 0; q < S::kAcc / 4; ++q) {
+            const float4 v = __ldcg(part + q * 128 + tid);
+            acc[4 * q] = v.x;
+            acc[4 * q + 1] = v.y;
+            acc[4 * q + 2] = v.z;
+            acc[4 * q + 3] = v.w;
+          }
+#pragma unroll
+          for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+        }
+        fence_operands(acc);
+      }
+    }
     double* __restrict__ out = o.ptr;
     const int64_t so_row = o.so_row, so_col = o.so_col;
-    if (o.mirror || kSplit) {
+    if (o.mirror || kMode == kSplitAtomic) {
       // The mirrored form: one fire-and-forget float64 add per element and per mirror element,
       // performed in L2 (red.global.add) -- no round trip, no registers for the old values, and the
       // mirror addresses, which spill when batched as below, cost nothing. Each element gets exactly
@@ -522,7 +605,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 }
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16, int kN, bool kSplit>
+template <bool kBF16, int kN, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
@@ -552,9 +635,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      for (int it = blockIdx.x; it < n_items<kSplit>(g); it += gridDim.x) {
-        int t, kb0, kb1, ti, tj;
-        work_item<kSplit>(it, g, num_kb, t, kb0, kb1);
+      for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
+        int t, kb0, kb1, r, ti, tj;
+        work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
@@ -580,7 +663,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16, kN, kSplit>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
+    consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
                        (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
@@ -620,21 +703,62 @@ uint64_t desc_strides() {
 
 template <bool kBF16, int kN>
 bool set_smem() {
-  return cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              Shape<kN>::kSmemBytes) == cudaSuccess &&
-         cudaFuncSetAttribute(cov_wgmma_kernel<kBF16, kN, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              Shape<kN>::kSmemBytes) == cudaSuccess;
+  auto set = [](auto kernel) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape<kN>::kSmemBytes) ==
+           cudaSuccess;
+  };
+  return set(cov_wgmma_kernel<kBF16, kN, kWhole>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic>) &&
+         set(cov_wgmma_kernel<kBF16, kN, kTail>);
+}
+
+// The SLICEKIT_COV_SM90_* tuning variables, read once per call (0 / -1: the measured defaults).
+//   TUNE="stages,group,ctas,l2"  pipeline stages (at most 6 for 128-wide tiles, 5 for 192), row
+//                                blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
+//                                promotion in bytes (0/64/128/256)
+//   PROBE=1|2|3                  timing probes (see kProbeNoLoad)
+//   STAGGER=k                    the second consumer ends its chunks k stages after the first
+//   TILE=128|192                 tile width
+//   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
+//   TAIL=s                       kTail with s row ranges (1: whole tiles)
+//   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
+// For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
+struct Knobs {
+  int stages = 6, group = 8, ctas = 0, l2 = 256;
+  int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
+  bool narrow = false;
+};
+
+Knobs read_knobs() {
+  Knobs k;
+  if (const char* env = std::getenv("SLICEKIT_COV_SM90_TUNE")) {
+    int a = 0, b = 0, c = 0, e = 0;
+    if (std::sscanf(env, "%d,%d,%d,%d", &a, &b, &c, &e) == 4 && a >= 2 && a <= 6 && b >= 1 && c >= 0) {
+      k.stages = a;
+      k.group = b;
+      k.ctas = c;
+      k.l2 = e;
+    }
+  }
+  auto number = [](const char* name, int fallback) {
+    const char* env = std::getenv(name);
+    return env != nullptr && *env != '\0' ? std::atoi(env) : fallback;
+  };
+  k.probe = number("SLICEKIT_COV_SM90_PROBE", 0);
+  k.stagger = number("SLICEKIT_COV_SM90_STAGGER", -1);
+  k.tile = number("SLICEKIT_COV_SM90_TILE", 0);
+  k.splits = number("SLICEKIT_COV_SM90_SPLITS", 0);
+  k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
+  const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
+  k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
+  return k;
 }
 
 // 192-wide tiles from d = 2048 on: faster than 128-wide ones at every width measured on the H200
 // (d = 2048: 0.18 vs 0.29 ms; 4096: 0.59 vs 0.66; 5120: 1.00 vs 1.12; 8192: 2.45 vs 2.90, N = 16384,
 // covariance_sm90_tiles_epilogue.json / _choose.json). Below, 128-wide tiles give more tiles to
-// share among the SMs. SLICEKIT_COV_SM90_TILE=128|192 forces a width.
-int tile_width(int64_t d) {
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_TILE")) {
-    if (std::strcmp(env, "128") == 0) return 128;
-    if (std::strcmp(env, "192") == 0) return 192;
-  }
+// share among the SMs.
+int tile_width(int64_t d, const Knobs& k) {
+  if (k.tile == 128 || k.tile == 192) return k.tile;
   return d >= 2048 ? 192 : 128;
 }
 
@@ -649,23 +773,13 @@ int tile_width(int64_t d) {
 // 0.173) -- the choices the model makes. Its cheapest s is taken (the smallest within 2%), only for
 // launches with fewer tiles than CTAs (forced splits at d = 3072, 4096, 8192 were 6-45% slower) and
 // never for the mirrored form (see consume()).
-// SLICEKIT_COV_SM90_SPLITS=s forces s (the streaming form only).
 constexpr int kMaxSplits = 16;
 constexpr int kRedKb = 32;
 constexpr int kRmwKb = 8;
 
-int choose_splits(int n_tiles, int slots, int num_kb, bool mirror) {
-  if (mirror) return 1;
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_SPLITS")) {
-    const int s = std::atoi(env);
-    if (s >= 1) return std::min(s, std::max(1, num_kb));
-  }
-  if (n_tiles >= slots) return 1;
-  auto cost = [&](int s) {
-    const int rounds = (n_tiles * s + slots - 1) / slots;
-    return rounds * (static_cast<double>(num_kb) / s + (s > 1 ? kRedKb : kRmwKb));
-  };
-  const int most = std::max(1, std::min(kMaxSplits, num_kb));
+// The cheapest s of cost(s) for s = 1 .. most: the smallest within 2% of the minimum.
+template <typename Cost>
+int cheapest(int most, Cost cost) {
   double best = cost(1);
   for (int s = 2; s <= most; ++s) best = std::min(best, cost(s));
   for (int s = 1; s <= most; ++s)
@@ -673,33 +787,122 @@ int choose_splits(int n_tiles, int slots, int num_kb, bool mirror) {
   return 1;
 }
 
-template <int kN>
-void launch_tiles(const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out, int64_t so_row,
-                  int64_t so_col, bool mirror, int stages, int group, int ctas, int probe, int stagger,
-                  int device, CUstream_st* stream) {
+int choose_splits(int n_tiles, int slots, int num_kb, bool mirror, const Knobs& k) {
+  if (mirror) return 1;
+  if (k.splits >= 1) return std::min(k.splits, std::max(1, num_kb));
+  if (n_tiles >= slots) return 1;
+  return cheapest(std::max(1, std::min(kMaxSplits, num_kb)), [&](int s) {
+    const int rounds = (n_tiles * s + slots - 1) / slots;
+    return rounds * (static_cast<double>(num_kb) / s + (s > 1 ? kRedKb : kRmwKb));
+  });
+}
+
+// The tail: with n_tiles = w * CTAs + rem (0 < rem < CTAs), whole tiles leave the last wave mostly
+// idle (d = 4096: 363 192-wide tiles on 132 SMs, 2.75 waves run as 3). kTail runs the first w waves
+// whole and cuts the last rem tiles into s row ranges, ceil(rem s / CTAs) rounds of num_kb / s
+// k-blocks; modelled as
+//   w * (num_kb + kRmwKb) + ceil(rem s / CTAs) * (num_kb / s + kFixKb),
+// kFixKb the workspace hand-over plus the last range's epilogue. Needs every CTA resident (the last
+// range waits for the others), so only with at most one CTA per SM.
+// TODO(measure): kFixKb is a first estimate (stores and loads of 96 KB of fp32 per range at L2 speed,
+// plus kRmwKb); to be fitted to forced counts on the H200.
+constexpr int kMaxTail = 8;
+constexpr int kFixKb = 12;
+
+int choose_tail(int n_tiles, int slots, int sms, int num_kb, const Knobs& k) {
+  if (slots > sms) return 1;
+  const int most = std::max(1, std::min(kMaxTail, num_kb));
+  if (k.tail >= 1) return std::min(k.tail, std::max(1, num_kb));
+  if (n_tiles < slots || n_tiles % slots == 0) return 1;
+  const int waves = n_tiles / slots, rem = n_tiles % slots;
+  return cheapest(most, [&](int s) {
+    if (s == 1) return (waves + 1) * static_cast<double>(num_kb + kRmwKb);
+    return waves * static_cast<double>(num_kb + kRmwKb) +
+           ((rem * s + slots - 1) / slots) * (static_cast<double>(num_kb) / s + kFixKb);
+  });
+}
+
+// What one launch runs: tile width, mode, tiling, grid, and the workspace kTail needs (flags, then
+// the ranges' fp32 sums, each part 256-byte aligned).
+struct Plan {
+  int width = 128;
+  Mode mode = kWhole;
   Tiling g{};
+  int grid = 1;
+  int64_t flag_bytes = 0, part_bytes = 0;
+};
+
+template <int kN>
+Plan plan_tiles(int rows, int d, bool mirror, const Knobs& k, int sms) {
+  Plan p;
+  p.width = kN;
+  Tiling& g = p.g;
   g.R = (d + kTile - 1) / kTile;
   g.C = (d + kN - 1) / kN;
   // Shift the column blocks left by whole TMA boxes only: copies that start at a column which is not a
   // multiple of 8 (16 bytes) faulted on the H200 (illegal instruction at d = 1 with a 191-column
   // shift), and the square tiling must not shift at all (its diagonal tiles are ti == tj).
   g.off = kN == kTile ? 0 : (g.C * kN - d) / kBox * kBox;
-  g.group = group;
+  g.group = k.group;
   g.n_tiles = count_tiles<kN>(g.R, g.C, g.off);  // R (R + 1) / 2 for square tiles
+  g.splits = 1;
+  g.full = g.n_tiles;
+  const int slots = k.ctas > 0 ? k.ctas : sms;
+  const int num_kb = (rows + kBlockK - 1) / kBlockK;
+  const bool forced_tail = k.tail >= 2 && slots <= sms;
+  const int splits = forced_tail ? 1 : choose_splits(g.n_tiles, slots, num_kb, mirror, k);
+  const int tail = splits > 1 ? 1 : choose_tail(g.n_tiles, slots, sms, num_kb, k);
+  if (splits > 1) {
+    p.mode = kSplitAtomic;
+    g.splits = splits;
+  } else if (tail > 1) {
+    p.mode = kTail;
+    g.splits = tail;
+    g.full = g.n_tiles / slots * slots;
+    const int64_t rem = g.n_tiles - g.full;
+    p.flag_bytes = (rem * kConsumers * static_cast<int64_t>(sizeof(int)) + 255) / 256 * 256;
+    p.part_bytes = rem * (tail - 1) * kConsumers * Shape<kN>::kAcc * 128 * static_cast<int64_t>(sizeof(float));
+  }
+  p.grid = std::max(1, std::min(p.mode == kWhole         ? n_items<kWhole>(g)
+                                : p.mode == kSplitAtomic ? n_items<kSplitAtomic>(g)
+                                                         : n_items<kTail>(g),
+                                slots));
+  return p;
+}
+
+Plan make_plan(int64_t rows, int64_t d, bool mirror, const Knobs& k, int device) {
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int slots = ctas > 0 ? ctas : sms;
-  g.splits = choose_splits(g.n_tiles, slots, (rows + kBlockK - 1) / kBlockK, mirror);
-  const int grid = std::max(1, std::min(g.n_tiles * g.splits, slots));  // n_items()
+  const int r = static_cast<int>(rows), n = static_cast<int>(d);
+  return tile_width(d, k) == 192 ? plan_tiles<192>(r, n, mirror, k, sms) : plan_tiles<128>(r, n, mirror, k, sms);
+}
+
+template <int kN>
+void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
+                  int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, 0};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
-  o.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
-  auto kernel = g.splits > 1 ? (bf16 ? cov_wgmma_kernel<true, kN, true> : cov_wgmma_kernel<false, kN, true>)
-                             : (bf16 ? cov_wgmma_kernel<true, kN, false> : cov_wgmma_kernel<false, kN, false>);
-  kernel<<<grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, g, chunk_kb, o, desc_strides(),
-                                                             std::min(stages, Shape<kN>::kStages), probe, stagger);
+  if (p.mode == kTail && p.flag_bytes > 0) {
+    o.flags = static_cast<int*>(workspace);
+    o.part = reinterpret_cast<float*>(static_cast<char*>(workspace) + p.flag_bytes);
+    C10_CUDA_CHECK(cudaMemsetAsync(workspace, 0, p.flag_bytes, stream));
+  }
+  auto pick = [&](auto whole, auto atomic, auto tail) {
+    return p.mode == kWhole ? whole : p.mode == kSplitAtomic ? atomic : tail;
+  };
+  auto kernel = bf16 ? pick(cov_wgmma_kernel<true, kN, kWhole>, cov_wgmma_kernel<true, kN, kSplitAtomic>,
+                            cov_wgmma_kernel<true, kN, kTail>)
+                     : pick(cov_wgmma_kernel<false, kN, kWhole>, cov_wgmma_kernel<false, kN, kSplitAtomic>,
+                            cov_wgmma_kernel<false, kN, kTail>);
+  // The second consumer's chunks end `stagger` stages after the first's, so the two do not drain
+  // their MMAs for promotion at the same time. Default: 1 for 192-wide tiles (4-5% faster at
+  // d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones (within the
+  // noise there).
+  const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
+  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
+                                                               std::min(k.stages, Shape<kN>::kStages), k.probe,
+                                                               stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -717,7 +920,7 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, false>) == cudaSuccess &&
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, kWhole>) == cudaSuccess &&
                     attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem<false, 128>() &&
                     set_smem<true, 128>() && set_smem<false, 192>() && set_smem<true, 192>();
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
@@ -726,8 +929,15 @@ bool usable(int device) {
   return it->second;
 }
 
+int64_t workspace_bytes(int64_t rows, int64_t d, bool mirror, int device) {
+  if (rows <= 0 || rows > INT32_MAX || d <= 0 || d > INT32_MAX) return 0;
+  const Plan p = make_plan(rows, d, mirror, read_knobs(), device);
+  return p.flag_bytes + p.part_bytes;
+}
+
 void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
-            bool mirror, int64_t chunk_rows, int device, CUstream_st* stream) {
+            bool mirror, int64_t chunk_rows, void* workspace, int64_t workspace_size, int device,
+            CUstream_st* stream) {
   SLICEKIT_CHECK(rows > 0 && rows <= INT32_MAX && d > 0 && d <= INT32_MAX, "slicekit: sm90 covariance: bad shape [",
                  rows, ", ", d, "]");
   SLICEKIT_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (ld * 2) % 16 == 0,
@@ -735,49 +945,32 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   const int chunk_kb = static_cast<int>(chunk_rows / kBlockK);
   SLICEKIT_CHECK(chunk_rows % kBlockK == 0 && chunk_kb >= 1,
                  "slicekit: sm90 covariance: chunk_rows must be a positive multiple of ", kBlockK, ", got ", chunk_rows);
+  const Knobs k = read_knobs();
+  const Plan plan = make_plan(rows, d, mirror, k, device);
+  SLICEKIT_CHECK(workspace_size >= plan.flag_bytes + plan.part_bytes &&
+                     (plan.flag_bytes == 0 || reinterpret_cast<uintptr_t>(workspace) % 256 == 0),
+                 "slicekit: sm90 covariance: the launch needs a 256-byte aligned workspace of ",
+                 plan.flag_bytes + plan.part_bytes, " bytes (workspace_bytes()), got ", workspace_size);
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
   const cuuint32_t box[2] = {kBox, kBlockK};
   const cuuint32_t elem_strides[2] = {1, 1};
-  // SLICEKIT_COV_SM90_TUNE="stages,group,ctas,l2": pipeline stages (at most 6 for 128-wide tiles, 5
-  // for 192), row blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2 promotion in
-  // bytes (0/64/128/256). For tuning sweeps; the defaults are the measured best on the H200.
-  int stages = 6, group = 8, ctas = 0, l2 = 256;
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_TUNE")) {
-    int a = 0, b = 0, c = 0, e = 0;
-    if (std::sscanf(env, "%d,%d,%d,%d", &a, &b, &c, &e) == 4 && a >= 2 && a <= 6 && b >= 1 && c >= 0) {
-      stages = a;
-      group = b;
-      ctas = c;
-      l2 = e;
-    }
-  }
-  int probe = 0;
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_PROBE")) probe = std::atoi(env);
-  // SLICEKIT_COV_SM90_STAGGER=k: the second consumer ends its chunks k stages after the first, so the
-  // two do not drain their MMAs for promotion at the same time. Default: 1 for 192-wide tiles (4-5%
-  // faster at d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones
-  // (within the noise there).
-  const int width = tile_width(d);
-  int stagger = width == 192 ? 1 : 0;
-  if (const char* env = std::getenv("SLICEKIT_COV_SM90_STAGGER")) stagger = std::max(0, std::atoi(env));
-  const CUtensorMapL2promotion promo = l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
-                                       : l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
-                                       : l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
-                                                   : CU_TENSOR_MAP_L2_PROMOTION_NONE;
+  const CUtensorMapL2promotion promo = k.l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+                                       : k.l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+                                       : k.l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
+                                                     : CU_TENSOR_MAP_L2_PROMOTION_NONE;
   const CUresult res = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
                                    const_cast<void*>(x), dims, strides, box, elem_strides,
                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                    promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
-  if (width == 192) {
-    launch_tiles<192>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, stagger, device, stream);
+  const int r = static_cast<int>(rows), n = static_cast<int>(d);
+  if (plan.width == 192) {
+    launch_tiles<192>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace, stream);
   } else {
-    launch_tiles<128>(map, static_cast<int>(rows), static_cast<int>(d), bf16, chunk_kb, out, so_row, so_col, mirror,
-                      stages, group, ctas, probe, stagger, device, stream);
+    launch_tiles<128>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace, stream);
   }
 }
 

@@ -280,6 +280,7 @@ def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
     assert _rel_fro(torch.triu(upper), torch.triu(out - out0)) <= _cov_tol(dtype, n, 128)
     # With whole tiles (SLICEKIT_COV_SM90_SPLITS=1) both forms add the same fp32 sums.
     monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", "1")
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", "1")
     whole = torch.zeros(d, d, dtype=torch.float64, device="cuda")
     torch.ops.slicekit.covariance_accumulate(x, None, whole, False)
     assert _rel_fro(torch.triu(whole), torch.triu(out - out0)) <= 1e-12
@@ -385,6 +386,49 @@ def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
     torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
     assert torch.equal(sym, sym.T)
     assert _rel_fro(sym - out0, expected) <= _cov_tol(x.dtype, n, 128)
+
+
+@needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
+@pytest.mark.parametrize("tail", ["2", "3", "4", "8", "1000"])
+@pytest.mark.parametrize("n,d,ctas", [(3000, 1100, "7"), (2500, 2176, "0"), (700, 577, "0")])
+def test_covariance_sm90_tail_split(monkeypatch, tile, tail, n, d, ctas):
+    """SLICEKIT_COV_SM90_TAIL: the tiles past the last whole wave (d = 1100 on 7 CTAs: 45 or 33 tiles,
+    3 or 5 left over; d = 2176 on every SM) or all of them (fewer tiles than SMs) cut into row ranges
+    (1000 is capped at the block count); all but the last range hand their fp32 sums to the last
+    one's CTA through a workspace. Both forms, since one CTA writes each element: the mirrored one
+    stays exactly symmetric and adds the same sums as the streaming one."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", tail)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", f"6,8,{ctas},256")
+    x = (torch.randn(n, d, device="cuda") * 2 + 0.5).to(torch.float16)
+    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    out0 = _rand_sym(d, "cuda")
+    upper = out0.clone()
+    torch.ops.slicekit.covariance_accumulate(x, None, upper, False)
+    assert torch.equal(torch.tril(upper, -1), torch.tril(out0, -1))
+    assert _rel_fro(torch.triu(upper - out0), torch.triu(expected)) <= _cov_tol(x.dtype, n, 128)
+    sym = out0.clone()
+    torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
+    assert torch.equal(sym, sym.T)
+    assert _rel_fro(torch.triu(sym - out0), torch.triu(upper - out0)) <= 1e-12
+    # Run again into the same matrix: the hand-over counts start from zero in every launch.
+    torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
+    assert _rel_fro(sym - out0, 2 * expected) <= _cov_tol(x.dtype, n, 128)
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_covariance_sm90_default_plan_at_llama_width(dtype):
+    """The plan the kernel picks by itself at d = 4096 over 2.5 launches of rows (363 192-wide tiles
+    on the H200's 132 SMs: whole waves, then the left-over tiles in row ranges)."""
+    n, d = 80000, 4096
+    x = (torch.randn(n, d, device="cuda") + 0.5).to(dtype)
+    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, out, True)
+    assert torch.equal(out, out.T)
+    assert _rel_fro(out, expected) <= _cov_tol(dtype, n, 128)
 
 
 @needs_sm90
