@@ -64,7 +64,9 @@ def main(argv=None) -> int:
     variants = [parse_variant(v) for v in args.variants]
     if len({name for name, _ in variants}) != len(variants) or {"gemm", "fp64"} & {name for name, _ in variants}:
         raise SystemExit("covariance_sm90_ab.py: variant names must be unique and not 'gemm' or 'fp64'")
-    if not hasattr(torch.ops.slicekit, "covariance_path"):
+    from slicekit.ops._dispatch import _cuda_extension  # loads slicekit._C, which registers the ops
+
+    if _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
         print("covariance_sm90_ab.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
         return 2
     from slicekit.ops import symmetrize_
