@@ -1,10 +1,13 @@
 """Interleaved A/B timing of settings of the Hopper covariance kernel (csrc/covariance_sm90.cu).
 
 One H200 drifts by 5-10% within a process (the same setting timed twice a minute apart in
-covariance_sm90_tail.json: 0.557 and 0.603 ms), more than the effects being measured. So every round
-times every variant once, in an order that rotates from round to round, and the summary takes the
-median over rounds of each variant's time and of its ratio to the first variant measured in the same
-round -- drift then cancels out of the ratios. torch's fp16->fp32 GEMM and the float64 path are
+covariance_sm90_tail.json: 0.557 and 0.603 ms), more than the effects being measured: under these
+kernels the board sits at its ~700 W power limit and the SM clock moves between 1350 and 1950 MHz.
+So every round times every variant once, in a random order drawn afresh each round (a rotating
+order keeps each variant's predecessor, and the one after the float64 path, which draws less power,
+ran 6% faster than the same setting elsewhere in the order: covariance_sm90_ab_wide.json at fa4b645),
+and the summary takes the median over rounds of each variant's time and of its ratio to the first
+variant measured in the same round -- drift then cancels out of the ratios. torch's fp16->fp32 GEMM and the float64 path are
 variants like the others ("gemm", "fp64"), so their ratios are paired the same way.
 
 A variant is NAME:KNOBS, KNOBS being SLICEKIT_COV_SM90_* settings by suffix joined with '+':
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 
@@ -94,12 +98,14 @@ def main(argv=None) -> int:
                 fns["fp64"] = lambda: fp64_path(x)  # noqa: B023
             names = list(fns)
             times = {name: [] for name in names}
+            rng = random.Random(d * 31 + len(dname))
             for r in range(args.rounds):
-                order = names[r % len(names):] + names[: r % len(names)]
+                order = rng.sample(names, len(names))
                 for name in order:
                     with env_vars(**envs.get(name, {})):
                         times[name].append(bench_ms(fns[name], warmup_ms=10, rep_ms=args.rep_ms)[0])
-                rounds_log.append(dict(d=d, dtype=dname, round=r, **{n: times[n][-1] for n in names}, **gpu_state()))
+                rounds_log.append(dict(d=d, dtype=dname, round=r, order=order, **{n: times[n][-1] for n in names},
+                                       **gpu_state()))
                 print(rounds_log[-1], file=sys.stderr, flush=True)
             base = variants[0][0]
             for name in names:
