@@ -340,29 +340,38 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
 
 // d[64 x N] (+)= A[64 x 16] B[16 x N], both operands M/N-major in shared memory (trans-a = trans-b = 1);
 // scale_d = 0 ignores what d held (a fresh chunk). desc_a, desc_b and scale_d are operands da, db, sd.
-#define SLICEKIT_WGMMA(shape, types, regs, da, db, sd)                                                        \
+#define SLICEKIT_WGMMA(shape, types, regs, da, db, sd, sa)                                                    \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" sd ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." types \
-               " " regs ", %" da ", %" db ", p, 1, 1, 1, 1;\n}\n"
+               " " regs ", %" da ", %" db ", p, " sa ", 1, 1, 1;\n}\n"
 
-template <bool kBF16, int kN>
+// kNeg: imm-scale-a = -1, d (+)= -A B (SLICEKIT_COV_SM90_PROMO=2, see promote()).
+#define SLICEKIT_WGMMA_SHAPES(SA)                                                                           \
+  if constexpr (kN == 128 && kBF16) {                                                                     \
+    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66", SA)                \
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                \
+  } else if constexpr (kN == 128) {                                                                       \
+    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66", SA)                  \
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                \
+  } else if constexpr (kN == 192 && kBF16) {                                                              \
+    SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98", SA)                \
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)       \
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                                  \
+  } else {                                                                                                \
+    static_assert(kN == 192, "tile widths: 128, 192");                                                    \
+    SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98", SA)                  \
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)       \
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                                  \
+  }
+
+template <bool kBF16, int kN, bool kNeg = false>
 __device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  if constexpr (kN == 128 && kBF16) {
-    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kN == 128) {
-    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kN == 192 && kBF16) {
-    SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
-                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  if constexpr (kNeg) {
+    SLICEKIT_WGMMA_SHAPES("-1")
   } else {
-    static_assert(kN == 192, "tile widths: 128, 192");
-    SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
-                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    SLICEKIT_WGMMA_SHAPES("1")
   }
 }
+#undef SLICEKIT_WGMMA_SHAPES
 
 // Column where column block tj of the tiling starts (negative for a partial leftmost block: TMA
 // fills the columns before 0 with zeros, and the epilogue skips them).
@@ -377,6 +386,22 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
 constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
+
+// Experiment (SLICEKIT_COV_SM90_PROMO): the tensor cores' fp32 sums truncate, a bias that grows with
+// the chunk (4.1e-7 at 128 rows, 7.0e-7 at 256 on calibration-like fp16 X, d = 4096), and chunks
+// bound the speed (256-row chunks were 5-7% faster). Two ways to cancel the bias:
+//   1 (offset): each chunk of a tile after the first starts from about minus half its expected sum
+//     (k mid, k = 2^-ceil(log2(2 n)) after n chunks), so the running sum crosses zero halfway and a
+//     truncation toward zero errs both ways;
+//   2 (sign): every other chunk adds -A B and is subtracted, which cancels a truncation toward
+//     minus infinity.
+constexpr int kPromoPlain = 0;
+constexpr int kPromoOffset = 1;
+constexpr int kPromoSign = 2;
+
+__device__ __forceinline__ float offset_scale(int n) {
+  return n == 0 ? 0.0f : __int_as_float((127 - (32 - __clz(2 * n - 1))) << 23);
+}
 
 // The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
 // of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
@@ -456,7 +481,7 @@ __device__ __forceinline__ float4* tail_part(const Out& o, const Tiling& g, int 
 template <bool kBF16, int kN, int kMode>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
-                                        uint64_t desc_strides, int stages, int probe, int phase_kb) {
+                                        uint64_t desc_strides, int stages, int probe, int phase_kb, int promo) {
   using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
@@ -487,18 +512,27 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
-    bool fresh = true;     // the next MMA starts a chunk
+    bool fresh = true;     // the next MMA starts from zero
+    bool neg = false;      // PROMO=2: this chunk's MMAs add -A B
+    int n_done = 0;        // PROMO=1: chunks of this tile promoted so far
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
     for (int kb = kb0; kb < kb1; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
       wgmma_fence();
+      if (neg) {
 #pragma unroll
-      for (int k = 0; k < kBlockK / 16; ++k) {
-        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
-                         (fresh && k == 0) ? 0 : 1);
+        for (int k = 0; k < kBlockK / 16; ++k)
+          wgmma<kBF16, kN, true>(acc, smem_desc(a + k * 16 * 128, desc_strides),
+                                 smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kBlockK / 16; ++k) {
+          // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+          wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
+                           (fresh && k == 0) ? 0 : 1);
+        }
       }
       wgmma_commit();
       next_stage(s, phase, stages);
@@ -516,10 +550,28 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         fence_operands(acc);
         release();
         pending = false;
-        fresh = true;
         left = chunk_kb;
+        if (promo == kPromoOffset) {
+          // acc = T - o with o = k mid (exact: k is a power of two), T this chunk's sum; the next
+          // chunk starts from -k' mid.
+          const float kcur = offset_scale(n_done);
+          const float knext = offset_scale(++n_done);
 #pragma unroll
-        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+          for (int i = 0; i < S::kAcc; ++i) {
+            mid[i] += fmaf(kcur, mid[i], acc[i]);
+            acc[i] = -knext * mid[i];
+          }
+          fresh = false;
+        } else if (promo == kPromoSign) {
+#pragma unroll
+          for (int i = 0; i < S::kAcc; ++i) mid[i] = neg ? mid[i] - acc[i] : mid[i] + acc[i];
+          neg = !neg;
+          fresh = true;
+        } else {
+#pragma unroll
+          for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+          fresh = true;
+        }
       }
     }
     // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
@@ -608,7 +660,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 template <bool kBF16, int kN, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
-                     Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
+                     Out o, uint64_t desc_strides, int stages, int probe, int stagger, int promo) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -664,7 +716,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
-                       (wg - 1) * stagger);
+                       (wg - 1) * stagger, promo);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -721,10 +773,11 @@ bool set_smem() {
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
 //   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
+//   PROMO=0|1|2                  how chunks are promoted (kPromoOffset, kPromoSign: an experiment)
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 6, group = 8, ctas = 0, l2 = 256;
-  int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
+  int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0, promo = 0;
   bool narrow = false;
 };
 
@@ -748,6 +801,7 @@ Knobs read_knobs() {
   k.tile = number("SLICEKIT_COV_SM90_TILE", 0);
   k.splits = number("SLICEKIT_COV_SM90_SPLITS", 0);
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
+  k.promo = number("SLICEKIT_COV_SM90_PROMO", 0);
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
   return k;
@@ -762,64 +816,72 @@ int tile_width(int64_t d, const Knobs& k) {
   return d >= 2048 ? 192 : 128;
 }
 
-// Split-K: with fewer tiles than CTAs, a launch lasts as long as one tile's whole row loop (d = 576:
-// 15 tiles took 0.12 ms at N = 16384 on the H200, d = 1536 with 78 tiles as long) while most SMs
-// idle. Cutting every tile into s row ranges makes n_tiles * s work items, whose sums go out as atomic
-// float64 adds (L2 reductions, one per element and item). Modelled in k-block times of MMA work,
-//   ceil(n_tiles s / CTAs) * (num_kb / s + (s > 1 ? kRedKb : kRmwKb)),
-// kRedKb fitted to the forced counts measured at N = 16384 (25-38 k-blocks per item from d = 576 to
-// 2048, covariance_sm90_splits_b772114.json): d = 576 best at 8 ranges (0.032 ms), 1024 at 3 (0.056),
-// 1536 at 3 (0.106 against 0.121 whole), 2048 (96 192-wide tiles) best whole (0.157; 4 ranges
-// 0.173) -- the choices the model makes. Its cheapest s is taken (the smallest within 2%), only for
-// launches with fewer tiles than CTAs (forced splits at d = 3072, 4096, 8192 were 6-45% slower) and
-// never for the mirrored form (see consume()).
+// How to share a launch's tiles among the CTAs, in a cost model counted in k-block times of MMA work
+// (num_kb = k-blocks of the launch's rows; w, rem = whole waves and left-over tiles of n_tiles on
+// `slots` CTAs; rounds(n) = ceil(n / slots)):
+//   kWhole             rounds(n_tiles) * (num_kb + kRmwKb)
+//   kSplitAtomic(s)    rounds(n_tiles s) * (num_kb / s + kRedKb)           fewer tiles than CTAs only
+//   kTail(s)           w * (num_kb + kRmwKb) + rounds(rem s) * (num_kb / s + kFixKb + kPartKb (s - 1))
+// The constants are fitted to forced settings on the H200 at N = 16384 (interleaved A/B runs,
+// covariance_sm90_splits_b772114.json and covariance_sm90_ab_*.json):
+//   * atomic ranges cost ~32 k-blocks each (L2 reductions, one per element and range): best for
+//     d = 576 (15 tiles; 8 ranges, 0.032 ms against 0.035 in the tail form and 0.12 whole);
+//   * the tail form pays a fixed ~16 k-blocks (workspace stores, the wait) plus ~4 per range that the
+//     last range reads back in turn: at d = 1024 3 ranges take 5% less time than 3 atomic ones,
+//     at 1536 11% less; at d = 5120 (560 tiles, 4.24 waves) 8% less than whole tiles; level at
+//     d = 4096 (363 tiles, 2.75 waves: 1-2% either way) and 2% slower at 8192 (10.7 waves), where
+//     the model keeps whole tiles.
+// The cheapest mode wins, whole tiles whenever within 2% of it; within a mode, the smallest s within
+// 2% of its best. The mirrored form never splits atomically (see consume()); the tail form needs
+// every CTA resident (the last range waits for the others), so at most one CTA per SM.
+// SLICEKIT_COV_SM90_SPLITS=s / TAIL=s force a mode and s (TAIL=1: whole tiles).
 constexpr int kMaxSplits = 16;
-constexpr int kRedKb = 32;
-constexpr int kRmwKb = 8;
+constexpr int kMaxTail = 8;
+constexpr double kRmwKb = 8;
+constexpr double kRedKb = 32;
+constexpr double kFixKb = 16;
+constexpr double kPartKb = 4;
 
-// The cheapest s of cost(s) for s = 1 .. most: the smallest within 2% of the minimum.
+struct Choice {
+  Mode mode = kWhole;
+  int s = 1;
+};
+
+// The smallest s in [2, most] whose cost is within 2% of the cheapest; its cost in `best`.
 template <typename Cost>
-int cheapest(int most, Cost cost) {
-  double best = cost(1);
+int cheapest(int most, Cost cost, double& best) {
+  best = 1e300;
   for (int s = 2; s <= most; ++s) best = std::min(best, cost(s));
-  for (int s = 1; s <= most; ++s)
+  for (int s = 2; s <= most; ++s)
     if (cost(s) <= 1.02 * best) return s;
   return 1;
 }
 
-int choose_splits(int n_tiles, int slots, int num_kb, bool mirror, const Knobs& k) {
-  if (mirror) return 1;
-  if (k.splits >= 1) return std::min(k.splits, std::max(1, num_kb));
-  if (n_tiles >= slots) return 1;
-  return cheapest(std::max(1, std::min(kMaxSplits, num_kb)), [&](int s) {
-    const int rounds = (n_tiles * s + slots - 1) / slots;
-    return rounds * (static_cast<double>(num_kb) / s + (s > 1 ? kRedKb : kRmwKb));
-  });
-}
-
-// The tail: with n_tiles = w * CTAs + rem (0 < rem < CTAs), whole tiles leave the last wave mostly
-// idle (d = 4096: 363 192-wide tiles on 132 SMs, 2.75 waves run as 3). kTail runs the first w waves
-// whole and cuts the last rem tiles into s row ranges, ceil(rem s / CTAs) rounds of num_kb / s
-// k-blocks; modelled as
-//   w * (num_kb + kRmwKb) + ceil(rem s / CTAs) * (num_kb / s + kFixKb),
-// kFixKb the workspace hand-over plus the last range's epilogue. Needs every CTA resident (the last
-// range waits for the others), so only with at most one CTA per SM.
-// TODO(measure): kFixKb is a first estimate (stores and loads of 96 KB of fp32 per range at L2 speed,
-// plus kRmwKb); to be fitted to forced counts on the H200.
-constexpr int kMaxTail = 8;
-constexpr int kFixKb = 12;
-
-int choose_tail(int n_tiles, int slots, int sms, int num_kb, const Knobs& k) {
-  if (slots > sms) return 1;
-  const int most = std::max(1, std::min(kMaxTail, num_kb));
-  if (k.tail >= 1) return std::min(k.tail, std::max(1, num_kb));
-  if (n_tiles < slots || n_tiles % slots == 0) return 1;
+Choice choose_split(int n_tiles, int slots, int sms, int num_kb, bool mirror, const Knobs& k) {
+  const int max_s = std::max(1, num_kb);
+  const bool resident = slots <= sms;
+  if (k.splits >= 1 && !mirror) return {k.splits > 1 ? kSplitAtomic : kWhole, std::min(k.splits, max_s)};
+  if (k.tail >= 1) return {k.tail > 1 && resident ? kTail : kWhole, k.tail > 1 && resident ? std::min(k.tail, max_s) : 1};
+  auto rounds = [&](int items) { return static_cast<double>((items + slots - 1) / slots); };
+  const double kb = num_kb;
+  const double whole = rounds(n_tiles) * (kb + kRmwKb);
+  Choice best;
+  double best_cost = whole;
+  if (!mirror && n_tiles < slots) {
+    double cost = 0;
+    const int s = cheapest(std::min(kMaxSplits, max_s), [&](int s) { return rounds(n_tiles * s) * (kb / s + kRedKb); },
+                           cost);
+    if (s > 1 && cost < best_cost) best = {kSplitAtomic, s}, best_cost = cost;
+  }
   const int waves = n_tiles / slots, rem = n_tiles % slots;
-  return cheapest(most, [&](int s) {
-    if (s == 1) return (waves + 1) * static_cast<double>(num_kb + kRmwKb);
-    return waves * static_cast<double>(num_kb + kRmwKb) +
-           ((rem * s + slots - 1) / slots) * (static_cast<double>(num_kb) / s + kFixKb);
-  });
+  if (resident && rem > 0) {
+    double cost = 0;
+    const int s = cheapest(std::min(kMaxTail, max_s), [&](int s) {
+      return waves * (kb + kRmwKb) + rounds(rem * s) * (kb / s + kFixKb + kPartKb * (s - 1));
+    }, cost);
+    if (s > 1 && cost < best_cost) best = {kTail, s}, best_cost = cost;
+  }
+  return whole <= 1.02 * best_cost ? Choice{} : best;
 }
 
 // What one launch runs: tile width, mode, tiling, grid, and the workspace kTail needs (flags, then
@@ -849,19 +911,16 @@ Plan plan_tiles(int rows, int d, bool mirror, const Knobs& k, int sms) {
   g.full = g.n_tiles;
   const int slots = k.ctas > 0 ? k.ctas : sms;
   const int num_kb = (rows + kBlockK - 1) / kBlockK;
-  const bool forced_tail = k.tail >= 2 && slots <= sms;
-  const int splits = forced_tail ? 1 : choose_splits(g.n_tiles, slots, num_kb, mirror, k);
-  const int tail = splits > 1 ? 1 : choose_tail(g.n_tiles, slots, sms, num_kb, k);
-  if (splits > 1) {
-    p.mode = kSplitAtomic;
-    g.splits = splits;
-  } else if (tail > 1) {
-    p.mode = kTail;
-    g.splits = tail;
+  const Choice c = choose_split(g.n_tiles, slots, sms, num_kb, mirror, k);
+  p.mode = c.mode;
+  if (c.mode == kSplitAtomic) {
+    g.splits = c.s;
+  } else if (c.mode == kTail) {
+    g.splits = c.s;
     g.full = g.n_tiles / slots * slots;
     const int64_t rem = g.n_tiles - g.full;
     p.flag_bytes = (rem * kConsumers * static_cast<int64_t>(sizeof(int)) + 255) / 256 * 256;
-    p.part_bytes = rem * (tail - 1) * kConsumers * Shape<kN>::kAcc * 128 * static_cast<int64_t>(sizeof(float));
+    p.part_bytes = rem * (c.s - 1) * kConsumers * Shape<kN>::kAcc * 128 * static_cast<int64_t>(sizeof(float));
   }
   p.grid = std::max(1, std::min(p.mode == kWhole         ? n_items<kWhole>(g)
                                 : p.mode == kSplitAtomic ? n_items<kSplitAtomic>(g)
@@ -902,7 +961,7 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
   kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
                                                                std::min(k.stages, Shape<kN>::kStages), k.probe,
-                                                               stagger);
+                                                               stagger, k.promo);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -275,15 +275,17 @@ def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
     torch.ops.slicekit.covariance_accumulate(x, None, upper, False)
     # symmetric=False guarantees the upper triangle (diagonal included) and nothing below it.
     assert _rel_fro(torch.triu(upper), torch.triu(expected)) <= _cov_tol(dtype, n, 128)
-    # The mirrored call never splits tiles into row ranges; the streaming one does when there are fewer
-    # tiles than SMs, which regroups the fp32 partial sums: equal to within the precision bound.
+    # The two forms may share the tiles out differently (only the streaming one splits atomically),
+    # which regroups the fp32 partial sums: equal to within the precision bound.
     assert _rel_fro(torch.triu(upper), torch.triu(out - out0)) <= _cov_tol(dtype, n, 128)
-    # With whole tiles (SLICEKIT_COV_SM90_SPLITS=1) both forms add the same fp32 sums.
+    # With whole tiles (SLICEKIT_COV_SM90_SPLITS=1, TAIL=1) both forms add the same fp32 sums.
     monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", "1")
     monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", "1")
     whole = torch.zeros(d, d, dtype=torch.float64, device="cuda")
     torch.ops.slicekit.covariance_accumulate(x, None, whole, False)
-    assert _rel_fro(torch.triu(whole), torch.triu(out - out0)) <= 1e-12
+    whole_sym = out0.clone()
+    torch.ops.slicekit.covariance_accumulate(x, None, whole_sym, True)
+    assert _rel_fro(torch.triu(whole), torch.triu(whole_sym - out0)) <= 1e-12
 
 
 @needs_sm90
@@ -297,6 +299,28 @@ def test_covariance_sm90_chunk_override(monkeypatch, chunk):
     torch.ops.slicekit.covariance_accumulate(x, None, out)
     tol = max(1e-6, 5e-9 * int(chunk))
     assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= tol
+
+
+@needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
+@pytest.mark.parametrize("promo", ["0", "1", "2"])
+@pytest.mark.parametrize("chunk", ["64", "128", "512"])
+def test_covariance_sm90_promotion_modes(monkeypatch, tile, promo, chunk):
+    """SLICEKIT_COV_SM90_PROMO: chunks started from an offset (1) or added with alternating signs (2)
+    give the same sums as plain chunks (0), to within the bound for their length; several chunks and
+    tiles per CTA (7 CTAs), odd d, both forms."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_PROMO", promo)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_CHUNK", chunk)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", "5,8,7,256")
+    n, d = 5000, 333
+    x = (torch.randn(n, d, device="cuda") + 0.5).to(torch.bfloat16)
+    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
+    for mirror in (True, False):
+        out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
+        torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
+        got = out if mirror else torch.triu(out)
+        assert _rel_fro(got, expected if mirror else torch.triu(expected)) <= _cov_tol(x.dtype, n, int(chunk))
 
 
 @needs_sm90
@@ -372,7 +396,7 @@ def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, layout):
 def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
     """SLICEKIT_COV_SM90_SPLITS: every tile cut into row ranges whose sums several CTAs add atomically
     (ranges of uneven length, more ranges than 64-row blocks: 1000 is capped at the block count,
-    more work items than CTAs at d = 2176). The mirrored form never splits and stays symmetric."""
+    more work items than CTAs at d = 2176). The mirrored form never splits atomically and stays symmetric."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", splits)
     x = (torch.randn(n, d, device="cuda") * 2 + 0.5).to(torch.float16)
