@@ -32,7 +32,7 @@
 // registers, the most that promotion in registers allows. Together with the epilogue below and the
 // stagger: 0.52-0.53 ms at d = 4096 and 1.98-2.12 ms at d = 8192, N = 16384 (1.46-1.57x torch's full
 // fp16 GEMM, 17.0-18.0x float64; README, 508c90b), 12-17% less time than the Triton kernel there.
-// Launches with fewer tiles than SMs split tiles into row ranges (choose_splits()).
+// Whole tiles, or tiles cut into row ranges shared among CTAs: choose_split() (see Mode).
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
 // exactly symmetric): batched loads then stores in the streaming form (16-byte accesses where a
@@ -41,9 +41,17 @@
 // faster at d = 8192 (2.09 vs 2.25 ms), where `out` (512 MB) streams through DRAM as each wave of
 // tiles ends. Prefetching each tile's part of `out` into L2 from the producer (cp.async.bulk.prefetch,
 // 8-64 k-blocks before the tile's end) was slower at every lead (0.59-0.61 and 2.40-2.49 ms; the
-// mirrored form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only their part of the upper
-// triangle. Cutting the last, partly filled wave of tiles into row ranges added by several CTAs
-// (L2 reductions) was measured and gained nothing (d08562b), so every tile is whole.
+// mirrored form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only
+// their part of the upper triangle.
+//
+// Chunks of kChunkRows = 128 rows: the tensor cores' fp32 sums truncate toward zero (|C[u, -u]| ==
+// C[u, u] to the last bit, benchmarks/tensor_core_rounding.py), a bias that grows with the chunk: on
+// calibration-like fp16 X at d = 4096, 4.1e-7 at 128 rows, 4.8e-7 at 192 and 7.0e-7 at 256, which are
+// 4-5% faster. Two ways to cancel the bias were measured (b7859eb) and dropped: starting each chunk
+// from minus half its expected sum halves the error at equal length but costs more per promotion
+// (256-row chunks: 3.3e-7, 7% slower than plain 128-row ones; 512 rows: as fast, 7.0e-7); adding every
+// other chunk negated (wgmma's scale-a = -1) changes nothing under truncation toward zero
+// (covariance_sm90_ab_promo*.json).
 //
 // The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
 // kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
@@ -99,11 +107,13 @@ struct Tiling {
 // How a launch shares its tiles among the persistent CTAs (make_plan()):
 //   kWhole        every work item is a whole tile;
 //   kSplitAtomic  every tile is cut into `splits` row ranges whose sums go out as atomic float64 adds
-//                 (launches with fewer tiles than CTAs, streaming form only; choose_splits());
+//                 (launches with fewer tiles than CTAs, streaming form only);
 //   kTail         the tiles that fill whole waves go whole; the last, partly filled wave's tiles are
 //                 cut into row ranges: all but the last range leave their fp32 sums in a workspace,
-//                 and the CTA of the last range adds them to its own before its ordinary epilogue
-//                 (choose_tail()). One CTA writes each element, so the mirrored form may split too.
+//                 and the CTA of the last range adds them to its own before its ordinary epilogue.
+//                 One CTA writes each element, so the mirrored form may split too. (Cutting the
+//                 last wave with atomic adds instead gained nothing at d = 4096, d08562b.)
+// choose_split() picks one by a cost model fitted on the H200.
 enum Mode : int { kWhole = 0, kSplitAtomic = 1, kTail = 2 };
 
 // Work items of a launch. Split items are range-major, so that the CTAs running together stream the
@@ -340,38 +350,29 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
 
 // d[64 x N] (+)= A[64 x 16] B[16 x N], both operands M/N-major in shared memory (trans-a = trans-b = 1);
 // scale_d = 0 ignores what d held (a fresh chunk). desc_a, desc_b and scale_d are operands da, db, sd.
-#define SLICEKIT_WGMMA(shape, types, regs, da, db, sd, sa)                                                    \
+#define SLICEKIT_WGMMA(shape, types, regs, da, db, sd)                                                        \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" sd ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." types \
-               " " regs ", %" da ", %" db ", p, " sa ", 1, 1, 1;\n}\n"
+               " " regs ", %" da ", %" db ", p, 1, 1, 1, 1;\n}\n"
 
-// kNeg: imm-scale-a = -1, d (+)= -A B (SLICEKIT_COV_SM90_PROMO=2, see promote()).
-#define SLICEKIT_WGMMA_SHAPES(SA)                                                                           \
-  if constexpr (kN == 128 && kBF16) {                                                                     \
-    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66", SA)                \
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                \
-  } else if constexpr (kN == 128) {                                                                       \
-    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66", SA)                  \
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                \
-  } else if constexpr (kN == 192 && kBF16) {                                                              \
-    SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98", SA)                \
-                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)       \
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                                  \
-  } else {                                                                                                \
-    static_assert(kN == 192, "tile widths: 128, 192");                                                    \
-    SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98", SA)                  \
-                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)       \
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                                  \
-  }
-
-template <bool kBF16, int kN, bool kNeg = false>
+template <bool kBF16, int kN>
 __device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  if constexpr (kNeg) {
-    SLICEKIT_WGMMA_SHAPES("-1")
+  if constexpr (kN == 128 && kBF16) {
+    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kN == 128) {
+    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
+                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kN == 192 && kBF16) {
+    SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
-    SLICEKIT_WGMMA_SHAPES("1")
+    static_assert(kN == 192, "tile widths: 128, 192");
+    SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
+                 : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }
 }
-#undef SLICEKIT_WGMMA_SHAPES
 
 // Column where column block tj of the tiling starts (negative for a partial leftmost block: TMA
 // fills the columns before 0 with zeros, and the epilogue skips them).
@@ -386,22 +387,6 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
 constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
-
-// Experiment (SLICEKIT_COV_SM90_PROMO): the tensor cores' fp32 sums truncate, a bias that grows with
-// the chunk (4.1e-7 at 128 rows, 7.0e-7 at 256 on calibration-like fp16 X, d = 4096), and chunks
-// bound the speed (256-row chunks were 5-7% faster). Two ways to cancel the bias:
-//   1 (offset): each chunk of a tile after the first starts from about minus half its expected sum
-//     (k mid, k = 2^-ceil(log2(2 n)) after n chunks), so the running sum crosses zero halfway and a
-//     truncation toward zero errs both ways;
-//   2 (sign): every other chunk adds -A B and is subtracted, which cancels a truncation toward
-//     minus infinity.
-constexpr int kPromoPlain = 0;
-constexpr int kPromoOffset = 1;
-constexpr int kPromoSign = 2;
-
-__device__ __forceinline__ float offset_scale(int n) {
-  return n == 0 ? 0.0f : __int_as_float((127 - (32 - __clz(2 * n - 1))) << 23);
-}
 
 // The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
 // of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
@@ -481,7 +466,7 @@ __device__ __forceinline__ float4* tail_part(const Out& o, const Tiling& g, int 
 template <bool kBF16, int kN, int kMode>
 __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
-                                        uint64_t desc_strides, int stages, int probe, int phase_kb, int promo) {
+                                        uint64_t desc_strides, int stages, int probe, int phase_kb) {
   using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
@@ -512,27 +497,18 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
     bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
-    bool fresh = true;     // the next MMA starts from zero
-    bool neg = false;      // PROMO=2: this chunk's MMAs add -A B
-    int n_done = 0;        // PROMO=1: chunks of this tile promoted so far
+    bool fresh = true;     // the next MMA starts a chunk
     int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
     for (int kb = kb0; kb < kb1; ++kb) {
       mbar_wait(&full[s], phase);
       const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
       const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
       wgmma_fence();
-      if (neg) {
 #pragma unroll
-        for (int k = 0; k < kBlockK / 16; ++k)
-          wgmma<kBF16, kN, true>(acc, smem_desc(a + k * 16 * 128, desc_strides),
-                                 smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
-      } else {
-#pragma unroll
-        for (int k = 0; k < kBlockK / 16; ++k) {
-          // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-          wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
-                           (fresh && k == 0) ? 0 : 1);
-        }
+      for (int k = 0; k < kBlockK / 16; ++k) {
+        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
+                         (fresh && k == 0) ? 0 : 1);
       }
       wgmma_commit();
       next_stage(s, phase, stages);
@@ -550,28 +526,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
         fence_operands(acc);
         release();
         pending = false;
+        fresh = true;
         left = chunk_kb;
-        if (promo == kPromoOffset) {
-          // acc = T - o with o = k mid (exact: k is a power of two), T this chunk's sum; the next
-          // chunk starts from -k' mid.
-          const float kcur = offset_scale(n_done);
-          const float knext = offset_scale(++n_done);
 #pragma unroll
-          for (int i = 0; i < S::kAcc; ++i) {
-            mid[i] += fmaf(kcur, mid[i], acc[i]);
-            acc[i] = -knext * mid[i];
-          }
-          fresh = false;
-        } else if (promo == kPromoSign) {
-#pragma unroll
-          for (int i = 0; i < S::kAcc; ++i) mid[i] = neg ? mid[i] - acc[i] : mid[i] + acc[i];
-          neg = !neg;
-          fresh = true;
-        } else {
-#pragma unroll
-          for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
-          fresh = true;
-        }
+        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
       }
     }
     // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
@@ -660,7 +618,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 template <bool kBF16, int kN, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
-                     Out o, uint64_t desc_strides, int stages, int probe, int stagger, int promo) {
+                     Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -716,7 +674,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
-                       (wg - 1) * stagger, promo);
+                       (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -773,11 +731,10 @@ bool set_smem() {
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
 //   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
-//   PROMO=0|1|2                  how chunks are promoted (kPromoOffset, kPromoSign: an experiment)
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 6, group = 8, ctas = 0, l2 = 256;
-  int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0, promo = 0;
+  int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false;
 };
 
@@ -801,7 +758,6 @@ Knobs read_knobs() {
   k.tile = number("SLICEKIT_COV_SM90_TILE", 0);
   k.splits = number("SLICEKIT_COV_SM90_SPLITS", 0);
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
-  k.promo = number("SLICEKIT_COV_SM90_PROMO", 0);
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
   return k;
@@ -830,9 +786,10 @@ int tile_width(int64_t d, const Knobs& k) {
 //     last range reads back in turn: at d = 1024 3 ranges take 5% less time than 3 atomic ones,
 //     at 1536 11% less; at d = 5120 (560 tiles, 4.24 waves) 8% less than whole tiles; level at
 //     d = 4096 (363 tiles, 2.75 waves: 1-2% either way) and 2% slower at 8192 (10.7 waves), where
-//     the model keeps whole tiles.
-// The cheapest mode wins, whole tiles whenever within 2% of it; within a mode, the smallest s within
-// 2% of its best. The mirrored form never splits atomically (see consume()); the tail form needs
+//     the model keeps whole tiles; at d = 3072 (208 tiles) 10% less than whole tiles.
+// The cheapest mode wins, but whole tiles whenever within 5% of it (with 32768-row launches the model
+// promised 2-3% at d = 4096 and 8192 from the tail form; measured: 1% faster and 2% slower,
+// covariance_sm90_ab_65536.json); within a mode, the smallest s within 2% of its best. The mirrored form never splits atomically (see consume()); the tail form needs
 // every CTA resident (the last range waits for the others), so at most one CTA per SM.
 // SLICEKIT_COV_SM90_SPLITS=s / TAIL=s force a mode and s (TAIL=1: whole tiles).
 constexpr int kMaxSplits = 16;
@@ -881,7 +838,7 @@ Choice choose_split(int n_tiles, int slots, int sms, int num_kb, bool mirror, co
     }, cost);
     if (s > 1 && cost < best_cost) best = {kTail, s}, best_cost = cost;
   }
-  return whole <= 1.02 * best_cost ? Choice{} : best;
+  return whole <= 1.05 * best_cost ? Choice{} : best;
 }
 
 // What one launch runs: tile width, mode, tiling, grid, and the workspace kTail needs (flags, then
@@ -961,7 +918,7 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
   kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
                                                                std::min(k.stages, Shape<kN>::kStages), k.probe,
-                                                               stagger, k.promo);
+                                                               stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

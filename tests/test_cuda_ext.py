@@ -303,28 +303,6 @@ def test_covariance_sm90_chunk_override(monkeypatch, chunk):
 
 @needs_sm90
 @pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("promo", ["0", "1", "2"])
-@pytest.mark.parametrize("chunk", ["64", "128", "512"])
-def test_covariance_sm90_promotion_modes(monkeypatch, tile, promo, chunk):
-    """SLICEKIT_COV_SM90_PROMO: chunks started from an offset (1) or added with alternating signs (2)
-    give the same sums as plain chunks (0), to within the bound for their length; several chunks and
-    tiles per CTA (7 CTAs), odd d, both forms."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_PROMO", promo)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_CHUNK", chunk)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", "5,8,7,256")
-    n, d = 5000, 333
-    x = (torch.randn(n, d, device="cuda") + 0.5).to(torch.bfloat16)
-    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
-    for mirror in (True, False):
-        out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
-        torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
-        got = out if mirror else torch.triu(out)
-        assert _rel_fro(got, expected if mirror else torch.triu(expected)) <= _cov_tol(x.dtype, n, int(chunk))
-
-
-@needs_sm90
-@pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("tune", ["4,4,7,0", "2,1,1,128", "6,16,0,64"])
 def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
     """SLICEKIT_COV_SM90_TUNE (stages, band rows, CTAs, L2 promotion) changes speed, never the sums:
