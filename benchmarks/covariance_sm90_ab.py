@@ -1,11 +1,11 @@
 """Interleaved A/B timing of settings of the Hopper covariance kernel (csrc/covariance_sm90.cu).
 
 One H200 drifts by 5-10% within a process (the same setting timed twice a minute apart in
-covariance_sm90_tail.json: 0.557 and 0.603 ms), more than the effects being measured: under these
+covariance_sm90_tail_56907fd.json: 0.557 and 0.603 ms), more than the effects being measured: under these
 kernels the board sits at its ~700 W power limit and the SM clock moves between 1350 and 1950 MHz.
 So every round times every variant once, in a random order drawn afresh each round (a rotating
 order keeps each variant's predecessor, and the one after the float64 path, which draws less power,
-ran 6% faster than the same setting elsewhere in the order: covariance_sm90_ab_wide.json at fa4b645),
+ran 6% faster than the same setting elsewhere in the order: covariance_sm90_ab_wide_fa4b645_rotating.json),
 and the summary takes the median over rounds of each variant's time and of its ratio to the first
 variant measured in the same round -- drift then cancels out of the ratios. torch's fp16->fp32 GEMM and the float64 path are
 variants like the others ("gemm", "fp64"), so their ratios are paired the same way.
