@@ -270,12 +270,27 @@ def _no_gpu_env():
 @pytest.mark.parametrize("script,args", [("sliced_gemm.py", ["--quick"]), ("e2e_latency.py", ["--quick"]),
                                          ("covariance_variants.py", []), ("eigh_backends.py", []),
                                          ("host_transfer.py", []), ("cold_start.py", []),
-                                         ("covariance_sm90_sweep.py", [])])
+                                         ("covariance_sm90_sweep.py", []), ("covariance_sm90_ab.py", []),
+                                         ("tensor_core_rounding.py", [])])
 def test_gpu_script_refuses_without_gpu(script, args):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], env=_no_gpu_env(),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0
     assert "no CUDA GPU" in proc.stderr and script in proc.stderr
+
+
+def test_ab_variant_specs():
+    """covariance_sm90_ab.py's variants: NAME:KNOB=V+KNOB=V, knobs by suffix; a malformed one names itself."""
+    sys.path.insert(0, BENCH)
+    try:
+        import covariance_sm90_ab as ab
+    finally:
+        sys.path.remove(BENCH)
+    assert ab.parse_variant("default:") == ("default", {})
+    assert ab.parse_variant("c256:chunk=256+TAIL=1") == (
+        "c256", {"SLICEKIT_COV_SM90_CHUNK": "256", "SLICEKIT_COV_SM90_TAIL": "1"})
+    with pytest.raises(SystemExit, match="'c256:CHUNK'"):
+        ab.parse_variant("c256:CHUNK")
 
 
 def test_run_all_refuses_without_gpu():
