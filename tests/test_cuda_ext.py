@@ -367,16 +367,10 @@ def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, layout):
         assert _rel_fro(got, expected if mirror else expected_part) <= _cov_tol(x.dtype, n, 128)
 
 
-@needs_sm90
-@pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("splits", ["2", "3", "7", "16", "1000"])
-@pytest.mark.parametrize("n,d", [(5000, 200), (700, 577), (3000, 2176)])
-def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
-    """SLICEKIT_COV_SM90_SPLITS: every tile cut into row ranges whose sums several CTAs add atomically
-    (ranges of uneven length, more ranges than 64-row blocks: 1000 is capped at the block count,
-    more work items than CTAs at d = 2176). The mirrored form never splits atomically and stays symmetric."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", splits)
+def _both_forms(n: int, d: int):
+    """X [n, d] (fp16, non-zero mean) added to a random symmetric `out0` by the streaming call (upper
+    triangle only, nothing below it) and by the mirrored one (exactly symmetric), both within the bound;
+    returns x, out0, the two results and the float64 X^T X."""
     x = (torch.randn(n, d, device="cuda") * 2 + 0.5).to(torch.float16)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out0 = _rand_sym(d, "cuda")
@@ -388,6 +382,20 @@ def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
     torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
     assert torch.equal(sym, sym.T)
     assert _rel_fro(sym - out0, expected) <= _cov_tol(x.dtype, n, 128)
+    return x, out0, upper, sym, expected
+
+
+@needs_sm90
+@pytest.mark.parametrize("tile", ["128", "192"])
+@pytest.mark.parametrize("splits", ["2", "3", "7", "16", "1000"])
+@pytest.mark.parametrize("n,d", [(5000, 200), (700, 577), (3000, 2176)])
+def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
+    """SLICEKIT_COV_SM90_SPLITS: every tile cut into row ranges whose sums several CTAs add atomically
+    (ranges of uneven length, more ranges than 64-row blocks: 1000 is capped at the block count,
+    more work items than CTAs at d = 2176). The mirrored form never splits atomically and stays symmetric."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", splits)
+    _both_forms(n, d)
 
 
 @needs_sm90
@@ -403,16 +411,7 @@ def test_covariance_sm90_tail_split(monkeypatch, tile, tail, n, d, ctas):
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", tail)
     monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", f"6,8,{ctas},256")
-    x = (torch.randn(n, d, device="cuda") * 2 + 0.5).to(torch.float16)
-    expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
-    out0 = _rand_sym(d, "cuda")
-    upper = out0.clone()
-    torch.ops.slicekit.covariance_accumulate(x, None, upper, False)
-    assert torch.equal(torch.tril(upper, -1), torch.tril(out0, -1))
-    assert _rel_fro(torch.triu(upper - out0), torch.triu(expected)) <= _cov_tol(x.dtype, n, 128)
-    sym = out0.clone()
-    torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
-    assert torch.equal(sym, sym.T)
+    x, out0, upper, sym, expected = _both_forms(n, d)
     assert _rel_fro(torch.triu(sym - out0), torch.triu(upper - out0)) <= 1e-12
     # Run again into the same matrix: the hand-over counts start from zero in every launch.
     torch.ops.slicekit.covariance_accumulate(x, None, sym, True)
@@ -421,10 +420,10 @@ def test_covariance_sm90_tail_split(monkeypatch, tile, tail, n, d, ctas):
 
 @needs_sm90
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_covariance_sm90_default_plan_at_llama_width(dtype):
-    """The plan the kernel picks by itself at d = 4096 over 2.5 launches of rows (363 192-wide tiles
-    on the H200's 132 SMs: whole waves, then the left-over tiles in row ranges)."""
-    n, d = 80000, 4096
+@pytest.mark.parametrize("n,d", [(80000, 4096), (20000, 5120)])
+def test_covariance_sm90_default_plan_at_llama_width(dtype, n, d):
+    """The plans the kernel picks by itself at LLaMA widths: d = 4096 over 2.5 launches of rows (whole
+    tiles), d = 5120 in one launch (560 tiles on the H200's 132 SMs: whole waves, then the tail form)."""
     x = (torch.randn(n, d, device="cuda") + 0.5).to(dtype)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
