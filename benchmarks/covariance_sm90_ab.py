@@ -10,8 +10,11 @@ and the summary takes the median over rounds of each variant's time and of its r
 variant measured in the same round -- drift then cancels out of the ratios. torch's fp16->fp32 GEMM and the float64 path are
 variants like the others ("gemm", "fp64"), so their ratios are paired the same way.
 
-A variant is NAME:KNOBS, KNOBS being SLICEKIT_COV_SM90_* settings by suffix joined with '+':
+A variant is NAME:KNOBS, KNOBS being environment settings joined with '+', SLICEKIT_COV_SM90_* ones by
+suffix (a knob that starts with SLICEKIT_ is taken whole):
     python benchmarks/covariance_sm90_ab.py --d 4096 --variants default: whole:TAIL=1 c256:CHUNK=256
+    python benchmarks/covariance_sm90_ab.py --op triton --d 576 --variants default: s1:SLICEKIT_COV_TRITON_SPLITS=1
+--op triton times the Triton kernel's streaming call (kernels/covariance.py) instead of the extension's.
 The first variant is the baseline. Every timed call is the streaming form (symmetric=False); the error
 column is that of one such call, mirrored as the pipeline does, against float64.
 """
@@ -38,7 +41,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"covariance_sm90_ab.py: variant {spec!r}: expected KNOB=VALUE, got {item!r}")
-        env[f"SLICEKIT_COV_SM90_{key.upper()}"] = value
+        env[key if key.startswith("SLICEKIT_") else f"SLICEKIT_COV_SM90_{key.upper()}"] = value
     return name, env
 
 
@@ -62,26 +65,32 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--rep-ms", type=float, default=50.0, help="timing window per variant and round")
     p.add_argument("--no-fp64", action="store_true", help="leave the float64 path out")
+    p.add_argument("--op", choices=["cuda", "triton"], default="cuda", help="which kernel the variants run")
     p.add_argument("--name", default="covariance_sm90_ab", help="results file name (benchmarks/results/NAME.json)")
     args = p.parse_args(argv)
     require_cuda("covariance_sm90_ab.py")
     variants = [parse_variant(v) for v in args.variants]
     if len({name for name, _ in variants}) != len(variants) or {"gemm", "fp64"} & {name for name, _ in variants}:
         raise SystemExit("covariance_sm90_ab.py: variant names must be unique and not 'gemm' or 'fp64'")
+    from slicekit.ops import symmetrize_
     from slicekit.ops._dispatch import _cuda_extension  # loads slicekit._C, which registers the ops
 
-    if _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
+    if args.op == "triton":
+        from slicekit.kernels.covariance import covariance_triton
+
+        def op(x, mask, out, symmetric):
+            covariance_triton(x, mask, out, symmetric=symmetric)
+    elif _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
         print("covariance_sm90_ab.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
         return 2
-    from slicekit.ops import symmetrize_
-
-    op = torch.ops.slicekit.covariance_accumulate
+    else:
+        op = torch.ops.slicekit.covariance_accumulate
     rows, rounds_log = [], []
     for d in args.d:
         for dname in args.dtype:
             dtype = torch.float16 if dname == "fp16" else torch.bfloat16
             x = activations(args.n, d, dtype, "cuda")
-            if torch.ops.slicekit.covariance_path(x) != "sm90_wgmma":
+            if args.op == "cuda" and torch.ops.slicekit.covariance_path(x) != "sm90_wgmma":
                 print("covariance_sm90_ab.py: this GPU does not run the sm90 kernel", file=sys.stderr)
                 return 2
             ref = fp64_path(x)
@@ -110,7 +119,7 @@ def main(argv=None) -> int:
             base = variants[0][0]
             for name in names:
                 t = times[name]
-                row = dict(d=d, N=args.n, dtype=dname, variant=name, knobs=envs.get(name, {}),
+                row = dict(d=d, N=args.n, dtype=dname, op=args.op, variant=name, knobs=envs.get(name, {}),
                            ms=statistics.median(t), ms_min=min(t), ms_max=max(t),
                            vs_base=statistics.median(a / b for a, b in zip(t, times[base])),
                            x_gemm=statistics.median(g / a for g, a in zip(times["gemm"], t)),

@@ -76,6 +76,29 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Below N * d * d = 2**34 (d = 2048 at N = 4096) one fixed config is used instead of autotuning.
 _AUTOTUNE_MIN_WORK = 1 << 34
 
+# Split-K for streaming launches with fewer tiles than SMs (d = 576: 45 64-wide tiles on 132 SMs):
+# each tile's rows are cut into s ranges, one program each, whose float64 sums go out as atomic adds.
+# Modelled in rows of MMA work, ceil(tiles s / SMs) * (rows / s + _SPLIT_COST_ROWS) against
+# ceil(tiles / SMs) * rows whole; the smallest s within 2% of the cheapest is taken.
+# SLICEKIT_COV_TRITON_SPLITS=s forces s (1: whole tiles).
+_SPLIT_COST_ROWS = 2048
+_MAX_SPLITS = 16
+
+
+def choose_splits(n_tiles: int, n_rows: int, slots: int) -> int:
+    """Row ranges per tile for a streaming launch of ``n_tiles`` tiles over ``n_rows`` rows on
+    ``slots`` SMs (see ``_SPLIT_COST_ROWS``)."""
+    if n_tiles >= slots:
+        return 1
+
+    def cost(s: int) -> float:
+        rounds = -(-n_tiles * s // slots)
+        return rounds * (n_rows / s + (_SPLIT_COST_ROWS if s > 1 else 0))
+
+    most = max(1, min(_MAX_SPLITS, n_rows // 64))
+    best = min(cost(s) for s in range(1, most + 1))
+    return next(s for s in range(1, most + 1) if cost(s) <= 1.02 * best)
+
 
 def tma_block(d: int) -> list[int]:
     """The TMA box [BLOCK_K, BLOCK_M] for a d-wide input: one per launch, set before autotuning.
@@ -180,16 +203,23 @@ def upper_tile(pid, d, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
 @triton.jit
 def _covariance_kernel(
     X_ptr, X_desc, Mask_ptr, Out_ptr,
-    N, d, n_bucket,
+    N, d, n_bucket, splits,
     stride_x_row, stride_out_row,
-    HAS_MASK: tl.constexpr, USE_TMA: tl.constexpr, MIRROR: tl.constexpr,
+    HAS_MASK: tl.constexpr, USE_TMA: tl.constexpr, MIRROR: tl.constexpr, ATOMIC: tl.constexpr,
     IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, CHUNK_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # n_bucket only keys the autotuner (N rounded to a power of two).
-    tile_i, tile_j = upper_tile(pid, d, BLOCK_M, GROUP_M)
+    # Program = (row range r, tile), range-major, so that programs running together read the same rows.
+    num_t = (d + BLOCK_M - 1) // BLOCK_M
+    n_tiles = num_t * (num_t + 1) // 2
+    r = pid // n_tiles
+    tile_i, tile_j = upper_tile(pid - r * n_tiles, d, BLOCK_M, GROUP_M)
+    num_it = tl.cdiv(N, BLOCK_K)
+    it0 = (num_it * r) // splits
+    it1 = (num_it * (r + 1)) // splits
 
     offs_i = tile_i * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = tile_j * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -200,12 +230,12 @@ def _covariance_kernel(
     # the per-element offsets stay loop-invariant 32-bit values: fewer registers than pointer tiles.
     a_offs = offs_k[:, None] * stride_x_row + offs_i[None, :]
     b_offs = offs_k[:, None] * stride_x_row + offs_j[None, :]
-    x_rows = X_ptr
+    x_rows = X_ptr + (it0 * BLOCK_K).to(tl.int64) * stride_x_row
 
     FLUSH_ITERS: tl.constexpr = CHUNK_ROWS // BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     mid = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
-    for it in range(0, tl.cdiv(N, BLOCK_K)):
+    for it in range(it0, it1):
         if USE_TMA:
             # Out-of-range rows and columns arrive as zeros (the descriptor's padding).
             a = X_desc.load([it * BLOCK_K, tile_i * BLOCK_M])
@@ -250,8 +280,12 @@ def _covariance_kernel(
     # Both copies get the same float64 addend, so an exactly symmetric C stays exactly symmetric.
     upper = Out_ptr + offs_i.to(tl.int64)[:, None] * stride_out_row + offs_j[None, :]
     upper_ok = col_ok_i[:, None] & col_ok_j[None, :]
-    prev = tl.load(upper, mask=upper_ok, other=0.0)
-    tl.store(upper, prev + tile, mask=upper_ok)
+    if ATOMIC:
+        # Several programs add into this tile (one per row range): float64 atomics, upper form only.
+        tl.atomic_add(upper, tile, mask=upper_ok, sem="relaxed")
+    else:
+        prev = tl.load(upper, mask=upper_ok, other=0.0)
+        tl.store(upper, prev + tile, mask=upper_ok)
     if MIRROR:
         if tile_i != tile_j:
             lower = Out_ptr + offs_j.to(tl.int64)[:, None] * stride_out_row + offs_i[None, :]
@@ -286,6 +320,7 @@ def covariance_triton(
     tma: bool | None = None,
     chunk_rows: int | None = None,
     config: triton.Config | None = None,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """Add X^T diag(mask) X into ``out`` with the Triton kernel and return ``out``.
 
@@ -302,6 +337,9 @@ def covariance_triton(
         chunk_rows: rows summed in the fp32 MMA accumulator between flushes (multiple of 64;
             default ``CHUNK_ROWS``). Larger is faster and less accurate; for benchmarks only.
         config: launch this triton.Config instead of autotuning (benchmarks sweeping chunk_rows).
+        splits: row ranges per tile, their sums added atomically (``symmetric=False`` only); None:
+            SLICEKIT_COV_TRITON_SPLITS, else ``choose_splits`` on CUDA (launches with fewer tiles
+            than SMs) and whole tiles elsewhere.
 
     Returns:
         ``out``, updated in place.
@@ -323,6 +361,11 @@ def covariance_triton(
     chunk = CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
     if chunk < 64 or chunk % 64:
         raise ValueError(f"covariance_triton: chunk_rows must be a positive multiple of 64, got {chunk}")
+    if splits is None and os.environ.get("SLICEKIT_COV_TRITON_SPLITS"):
+        splits = int(os.environ["SLICEKIT_COV_TRITON_SPLITS"])
+    if splits is not None and (splits < 1 or (splits > 1 and symmetric)):
+        raise ValueError(f"covariance_triton: splits must be >= 1, and 1 with symmetric=True (each mirror pair "
+                         f"must get the same sums in the same order), got {splits}")
     if n == 0 or d == 0:
         return out
     if x.stride(1) != 1:
@@ -342,13 +385,13 @@ def covariance_triton(
     for start in range(0, x.shape[0], LAUNCH_ROWS):
         seg = x[start:start + LAUNCH_ROWS]
         seg_mask = None if mask is None else mask[start:start + LAUNCH_ROWS]
-        _launch(seg, seg_mask, target, use_tma, symmetric, chunk, config)
+        _launch(seg, seg_mask, target, use_tma, symmetric, chunk, config, splits)
     if target is not out:
         out.copy_(target)
     return out
 
 
-def _launch(x, mask, out, use_tma, symmetric, chunk, config):
+def _launch(x, mask, out, use_tma, symmetric, chunk, config, splits):
     n, d = x.shape
     interpret_bf16 = _INTERPRET and x.dtype == torch.bfloat16
     cfg = None
@@ -361,12 +404,21 @@ def _launch(x, mask, out, use_tma, symmetric, chunk, config):
         block = [cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_M"]] if cfg is not None else tma_block(d)
         desc = TensorDescriptor.from_tensor(x, block_shape=block)
 
+    if splits is None:
+        splits = 1
+        if x.is_cuda and not symmetric and not _INTERPRET:
+            block_m = cfg.kwargs["BLOCK_M"] if cfg is not None else tma_block(d)[1]
+            t = triton.cdiv(d, block_m)
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            splits = choose_splits(t * (t + 1) // 2, n, sms)
+    splits = max(1, min(splits, triton.cdiv(n, 32)))  # every range at least one 32-row block
+
     def grid(meta):
         t = triton.cdiv(d, meta["BLOCK_M"])
-        return (t * (t + 1) // 2,)
+        return (t * (t + 1) // 2 * splits,)
 
-    args = (x, desc, mask if mask is not None else x, out, n, d, _n_bucket(n), x.stride(0), out.stride(0))
-    meta = dict(HAS_MASK=mask is not None, USE_TMA=use_tma, MIRROR=symmetric,
+    args = (x, desc, mask if mask is not None else x, out, n, d, _n_bucket(n), splits, x.stride(0), out.stride(0))
+    meta = dict(HAS_MASK=mask is not None, USE_TMA=use_tma, MIRROR=symmetric, ATOMIC=splits > 1,
                 IEEE_FP32=x.dtype == torch.float32 or interpret_bf16, INTERPRET_BF16=interpret_bf16,
                 CHUNK_ROWS=chunk)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():

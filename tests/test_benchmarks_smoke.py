@@ -289,6 +289,7 @@ def test_ab_variant_specs():
     assert ab.parse_variant("default:") == ("default", {})
     assert ab.parse_variant("c256:chunk=256+TAIL=1") == (
         "c256", {"SLICEKIT_COV_SM90_CHUNK": "256", "SLICEKIT_COV_SM90_TAIL": "1"})
+    assert ab.parse_variant("s1:SLICEKIT_COV_TRITON_SPLITS=1") == ("s1", {"SLICEKIT_COV_TRITON_SPLITS": "1"})
     with pytest.raises(SystemExit, match="'c256:CHUNK'"):
         ab.parse_variant("c256:CHUNK")
 

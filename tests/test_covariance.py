@@ -292,6 +292,49 @@ def test_triton_long_inputs_split_into_launches(device, backend, tma, monkeypatc
         check(out, reference(x, mask), torch.float16, f"5 launches, mask={mask is not None}")
 
 
+@pytest.mark.parametrize("device,backend", TRITON_CASES, ids=[f"{c[0]}-triton" for c in TRITON_CASES])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointer"])
+@pytest.mark.parametrize("splits", [2, 3, 7, 1000])
+def test_triton_split_rows(device, backend, dtype, tma, splits, monkeypatch):
+    """Split-K: each tile's rows cut into ranges, one program each, adding into the float64 C with
+    atomics (uneven ranges; 1000 is capped at the 32-row block count); masks and both load paths.
+    Streaming form only: the mirrored one refuses splits. SLICEKIT_COV_TRITON_SPLITS forces them too."""
+    from slicekit.kernels.covariance import covariance_triton
+
+    n, d = 700, 80  # 80 columns: several tiles on and off the diagonal at any tile width used
+    x = activations(n, d, dtype, device)
+    m = random_mask(n, device)
+    upper = torch.triu(torch.ones(d, d, dtype=torch.bool))
+    for mask in (None, m):
+        ref = reference(x, mask)
+        out = covariance_triton(x, mask, zeros(d, device), symmetric=False, tma=tma, splits=splits)
+        err = ((out.cpu() - ref)[upper].norm() / ref[upper].norm()).item()
+        assert err <= TOL[dtype], f"splits={splits}, mask={mask is not None}: {err:.3e}"
+    monkeypatch.setenv("SLICEKIT_COV_TRITON_SPLITS", str(splits))
+    again = covariance_triton(x, None, zeros(d, device), symmetric=False, tma=tma)
+    ref = reference(x, None)
+    assert ((again.cpu() - ref)[upper].norm() / ref[upper].norm()).item() <= TOL[dtype]
+    with pytest.raises(ValueError, match="symmetric=True"):
+        covariance_triton(x, None, zeros(d, device), symmetric=True, splits=splits)
+
+
+@needs_cuda
+@pytest.mark.parametrize("d", [576, 768])
+def test_triton_automatic_splits_gpu(d):
+    """On a GPU the streaming form splits launches with fewer tiles than SMs by itself
+    (choose_splits); the result matches float64 in the upper triangle, and symmetric=True stays whole."""
+    from slicekit.kernels import covariance as kcov
+    from slicekit.ops import symmetrize_
+
+    n = 16384  # on the H200 (132 SMs): 45 and 78 64-wide tiles, 2 and 3 ranges
+    x = activations(n, d, torch.float16, "cuda")
+    ref = reference(x, None)
+    out = kcov.covariance_triton(x, None, zeros(d, "cuda"), symmetric=False)
+    check(symmetrize_(out), ref, torch.float16, "split streaming form")
+    check(kcov.covariance_triton(x, None, zeros(d, "cuda"), symmetric=True), ref, torch.float16, "mirrored form")
+
+
 @pytest.mark.parametrize("device,backend", CASES, ids=IDS)
 @pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointer"])
 def test_upper_triangle_stream_then_symmetrize(device, backend, tma):
