@@ -76,24 +76,29 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Below N * d * d = 2**34 (d = 2048 at N = 4096) one fixed config is used instead of autotuning.
 _AUTOTUNE_MIN_WORK = 1 << 34
 
-# Split-K for streaming launches with fewer tiles than SMs (d = 576: 45 64-wide tiles on 132 SMs):
-# each tile's rows are cut into s ranges, one program each, whose float64 sums go out as atomic adds.
-# Modelled in rows of MMA work, ceil(tiles s / SMs) * (rows / s + _SPLIT_COST_ROWS) against
-# ceil(tiles / SMs) * rows whole; the smallest s within 2% of the cheapest is taken.
+# Split-K for streaming launches with fewer tiles than programs can run at once (d = 576: 45 64-wide
+# tiles, one 16384-row loop each, 0.17 ms on the H200): each tile's rows are cut into s ranges, one
+# program each, whose float64 sums go out as atomic adds. Modelled in rows per program,
+#   ceil(tiles s / slots) * (rows / s + _SPLIT_COST_ROWS),   slots = SMs * _PROGRAMS_PER_SM[BLOCK_M],
+# fitted to forced counts on the H200 (covariance_triton_splits_16384.json, _4096.json: a program
+# costs ~4096 rows' worth beyond its rows; ~3 64-wide programs run per SM, as d = 768 went from 4 ranges,
+# 312 programs, 0.062 ms, to 6 ranges, 468 programs, 0.078 ms). d = 576 at N = 16384: 8 ranges,
+# 0.173 -> 0.042 ms; d = 768: 0.175 -> 0.062 ms (4 ranges). The smallest s within 2% of the cheapest.
 # SLICEKIT_COV_TRITON_SPLITS=s forces s (1: whole tiles).
-_SPLIT_COST_ROWS = 2048
+_SPLIT_COST_ROWS = 4096
+_PROGRAMS_PER_SM = {64: 3, 128: 1}
 _MAX_SPLITS = 16
 
 
 def choose_splits(n_tiles: int, n_rows: int, slots: int) -> int:
-    """Row ranges per tile for a streaming launch of ``n_tiles`` tiles over ``n_rows`` rows on
-    ``slots`` SMs (see ``_SPLIT_COST_ROWS``)."""
+    """Row ranges per tile for a streaming launch of ``n_tiles`` tiles over ``n_rows`` rows when
+    ``slots`` programs run at once (see ``_SPLIT_COST_ROWS``)."""
     if n_tiles >= slots:
         return 1
 
     def cost(s: int) -> float:
         rounds = -(-n_tiles * s // slots)
-        return rounds * (n_rows / s + (_SPLIT_COST_ROWS if s > 1 else 0))
+        return rounds * (n_rows / s + _SPLIT_COST_ROWS)
 
     most = max(1, min(_MAX_SPLITS, n_rows // 64))
     best = min(cost(s) for s in range(1, most + 1))
@@ -410,7 +415,7 @@ def _launch(x, mask, out, use_tma, symmetric, chunk, config, splits):
             block_m = cfg.kwargs["BLOCK_M"] if cfg is not None else tma_block(d)[1]
             t = triton.cdiv(d, block_m)
             sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            splits = choose_splits(t * (t + 1) // 2, n, sms)
+            splits = choose_splits(t * (t + 1) // 2, n, sms * _PROGRAMS_PER_SM.get(block_m, 1))
     splits = max(1, min(splits, triton.cdiv(n, 32)))  # every range at least one 32-row block
 
     def grid(meta):
