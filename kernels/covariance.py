@@ -218,7 +218,9 @@ def _covariance_kernel(
     pid = tl.program_id(0)
     # n_bucket only keys the autotuner (N rounded to a power of two).
     # Program = (row range r, tile), range-major, so that programs running together read the same rows.
-    num_t = (d + BLOCK_M - 1) // BLOCK_M
+    # `pid * 0` keeps these tensors when d == 1 is specialised to a constant (as in upper_tile): folded
+    # to constants, they crashed Triton 3.6's TritonGPUCoalesce pass on the H200.
+    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
     n_tiles = num_t * (num_t + 1) // 2
     r = pid // n_tiles
     tile_i, tile_j = upper_tile(pid - r * n_tiles, d, BLOCK_M, GROUP_M)
