@@ -217,13 +217,11 @@ def _covariance_kernel(
 ):
     pid = tl.program_id(0)
     # n_bucket only keys the autotuner (N rounded to a power of two).
-    # Program = (row range r, tile), range-major, so that programs running together read the same rows.
-    # `pid * 0` keeps these tensors when d == 1 is specialised to a constant (as in upper_tile): folded
-    # to constants, they crashed Triton 3.6's TritonGPUCoalesce pass on the H200.
-    num_t = (d + BLOCK_M - 1) // BLOCK_M + pid * 0
-    n_tiles = num_t * (num_t + 1) // 2
-    r = pid // n_tiles
-    tile_i, tile_j = upper_tile(pid - r * n_tiles, d, BLOCK_M, GROUP_M)
+    # The grid's second axis is the row range: blocks launch range by range, so programs running
+    # together read the same rows. (Deriving tile and range from one axis folds to constants when
+    # d == 1 is specialised, which crashed Triton 3.6's TritonGPUCoalesce pass.)
+    r = tl.program_id(1)
+    tile_i, tile_j = upper_tile(pid, d, BLOCK_M, GROUP_M)
     num_it = tl.cdiv(N, BLOCK_K)
     it0 = (num_it * r) // splits
     it1 = (num_it * (r + 1)) // splits
@@ -422,7 +420,7 @@ def _launch(x, mask, out, use_tma, symmetric, chunk, config, splits):
 
     def grid(meta):
         t = triton.cdiv(d, meta["BLOCK_M"])
-        return (t * (t + 1) // 2 * splits,)
+        return (t * (t + 1) // 2, splits)
 
     args = (x, desc, mask if mask is not None else x, out, n, d, _n_bucket(n), splits, x.stride(0), out.stride(0))
     meta = dict(HAS_MASK=mask is not None, USE_TMA=use_tma, MIRROR=symmetric, ATOMIC=splits > 1,
