@@ -52,10 +52,11 @@ def symmetrize_(out: torch.Tensor) -> torch.Tensor:
 
 def _prefer_wgmma(x, mask, out, symmetric=True):
     """The extension's Hopper wgmma kernel for unmasked fp16/bf16 rows on an sm_90 GPU (it says so
-    through covariance_path): there it took 3-81% less time than the Triton kernel at every width and
-    row count measured, d = 576-8192 (README; benchmarks/results/covariance.json and
-    covariance_small_d.json). With a mask Triton gathers the kept rows where the extension copies X
-    with zeroed rows, so the AUTO_ORDER decides."""
+    through covariance_path): there it took less time than the Triton kernel at every width and row
+    count measured, d = 576-8192 (README; benchmarks/results/covariance.json, covariance_small_d.json,
+    and against Triton's split-K at small widths covariance_triton_splits_7842328.json: 0.042 ms at
+    d = 576 where the extension takes 0.032). With a mask Triton gathers the kept rows where the
+    extension copies X with zeroed rows, so the AUTO_ORDER decides."""
     if mask is not None or x.device.type != "cuda":
         return None
     path = getattr(torch.ops.slicekit, "covariance_path", None) if _cuda_extension() is not None else None
