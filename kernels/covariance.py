@@ -82,9 +82,10 @@ _AUTOTUNE_MIN_WORK = 1 << 34
 #   ceil(tiles s / slots) * (rows / s + _SPLIT_COST_ROWS),   slots = SMs * _PROGRAMS_PER_SM[BLOCK_M],
 # fitted to forced counts on the H200 (covariance_triton_splits_16384.json, _4096.json: a program
 # costs ~4096 rows' worth beyond its rows; ~3 64-wide programs run per SM, as d = 768 went from 4 ranges,
-# 312 programs, 0.062 ms, to 6 ranges, 468 programs, 0.078 ms). d = 576 at N = 16384: 8 ranges,
-# 0.173 -> 0.042 ms; d = 768: 0.175 -> 0.062 ms (4 ranges). The smallest s within 2% of the cheapest.
-# SLICEKIT_COV_TRITON_SPLITS=s forces s (1: whole tiles).
+# 312 programs, 0.062 ms, to 6 ranges, 468 programs, 0.078 ms). With this model, at N = 16384
+# (covariance_triton_splits_7842328.json): d = 576 0.170 -> 0.042 ms (8 ranges), 768 0.170 -> 0.055 ms
+# (5), 1024 0.077 -> 0.059 ms (2). The smallest s within 2% of the cheapest.
+# SLICEKIT_COV_TRITON_SPLITS=s forces s for the streaming form (1: whole tiles), for benchmarks.
 _SPLIT_COST_ROWS = 4096
 _PROGRAMS_PER_SM = {64: 3, 128: 1}
 _MAX_SPLITS = 16
@@ -343,8 +344,9 @@ def covariance_triton(
             default ``CHUNK_ROWS``). Larger is faster and less accurate; for benchmarks only.
         config: launch this triton.Config instead of autotuning (benchmarks sweeping chunk_rows).
         splits: row ranges per tile, their sums added atomically (``symmetric=False`` only); None:
-            SLICEKIT_COV_TRITON_SPLITS, else ``choose_splits`` on CUDA (launches with fewer tiles
-            than SMs) and whole tiles elsewhere.
+            whole tiles for ``symmetric=True``; else SLICEKIT_COV_TRITON_SPLITS when set, else
+            ``choose_splits`` on CUDA (launches with fewer tiles than can run at once), whole tiles
+            elsewhere.
 
     Returns:
         ``out``, updated in place.
@@ -366,8 +368,12 @@ def covariance_triton(
     chunk = CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
     if chunk < 64 or chunk % 64:
         raise ValueError(f"covariance_triton: chunk_rows must be a positive multiple of 64, got {chunk}")
-    if splits is None and os.environ.get("SLICEKIT_COV_TRITON_SPLITS"):
-        splits = int(os.environ["SLICEKIT_COV_TRITON_SPLITS"])
+    env_splits = os.environ.get("SLICEKIT_COV_TRITON_SPLITS", "")
+    if splits is None and env_splits and not symmetric:
+        if not env_splits.isdigit() or int(env_splits) < 1:
+            raise ValueError(f"covariance_triton: SLICEKIT_COV_TRITON_SPLITS must be a positive integer, got "
+                             f"{env_splits!r}")
+        splits = int(env_splits)
     if splits is not None and (splits < 1 or (splits > 1 and symmetric)):
         raise ValueError(f"covariance_triton: splits must be >= 1, and 1 with symmetric=True (each mirror pair "
                          f"must get the same sums in the same order), got {splits}")

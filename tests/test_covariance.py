@@ -315,8 +315,13 @@ def test_triton_split_rows(device, backend, dtype, tma, splits, monkeypatch):
     again = covariance_triton(x, None, zeros(d, device), symmetric=False, tma=tma)
     ref = reference(x, None)
     assert ((again.cpu() - ref)[upper].norm() / ref[upper].norm()).item() <= TOL[dtype]
+    # The variable leaves the mirrored form whole (exactly symmetric); asking for both is an error.
+    check(covariance_triton(x, None, zeros(d, device), symmetric=True, tma=tma), ref, dtype, "mirrored, variable set")
     with pytest.raises(ValueError, match="symmetric=True"):
         covariance_triton(x, None, zeros(d, device), symmetric=True, splits=splits)
+    monkeypatch.setenv("SLICEKIT_COV_TRITON_SPLITS", "two")
+    with pytest.raises(ValueError, match="SLICEKIT_COV_TRITON_SPLITS must be a positive integer"):
+        covariance_triton(x, None, zeros(d, device), symmetric=False)
 
 
 @needs_cuda
