@@ -590,10 +590,11 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       // one add per launch, so the sums are those of a read-modify-write and a symmetric `out` stays
       // exactly symmetric. 16-25% faster than the per-element `+=` it replaced (d = 2048-8192);
       // for the streaming form the batched loads and stores below were level or faster
-      // (covariance_sm90_exploration.json, d08562b). Split tiles (streaming form only) take this
-      // path too: CTAs holding ranges of one tile add into the same elements, which only atomic adds
-      // may do (and which is why the mirrored form never splits: the order of a pair of adds could
-      // differ between an element and its mirror).
+      // (covariance_sm90_exploration.json, d08562b). Atomically split tiles (streaming form only)
+      // take this path too: CTAs holding ranges of one tile add into the same elements, which only
+      // atomic adds may do (and which is why the mirrored form never splits atomically: the order of
+      // a pair of adds could differ between an element and its mirror; the tail form, with one writer
+      // per element, may).
 #pragma unroll
       for (int i = 0; i < kN / 8; ++i) {
 #pragma unroll
@@ -790,8 +791,9 @@ int tile_width(int64_t d, const Knobs& k) {
 //     the model keeps whole tiles; at d = 3072 (208 tiles) 10% less than whole tiles.
 // The cheapest mode wins, but whole tiles whenever within 5% of it (with 32768-row launches the model
 // promised 2-3% at d = 4096 and 8192 from the tail form; measured: 1% faster and 2% slower,
-// covariance_sm90_ab_65536.json); within a mode, the smallest s within 2% of its best. The mirrored form never splits atomically (see consume()); the tail form needs
-// every CTA resident (the last range waits for the others), so at most one CTA per SM.
+// covariance_sm90_ab_65536.json); within a mode, the smallest s within 2% of its best. The mirrored
+// form never splits atomically (see consume()); the tail form needs every CTA resident (the last
+// range waits for the others), so at most one CTA per SM.
 // SLICEKIT_COV_SM90_SPLITS=s / TAIL=s force a mode and s (TAIL=1: whole tiles).
 constexpr int kMaxSplits = 16;
 constexpr int kMaxTail = 8;
@@ -819,7 +821,10 @@ Choice choose_split(int n_tiles, int slots, int sms, int num_kb, bool mirror, co
   const int max_s = std::max(1, num_kb);
   const bool resident = slots <= sms;
   if (k.splits >= 1 && !mirror) return {k.splits > 1 ? kSplitAtomic : kWhole, std::min(k.splits, max_s)};
-  if (k.tail >= 1) return {k.tail > 1 && resident ? kTail : kWhole, k.tail > 1 && resident ? std::min(k.tail, max_s) : 1};
+  if (k.tail >= 1) {
+    const bool split = k.tail > 1 && resident;
+    return split ? Choice{kTail, std::min(k.tail, max_s)} : Choice{};
+  }
   auto rounds = [&](int items) { return static_cast<double>((items + slots - 1) / slots); };
   const double kb = num_kb;
   const double whole = rounds(n_tiles) * (kb + kRmwKb);
