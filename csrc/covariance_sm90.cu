@@ -67,6 +67,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 
 #include "cuda_utils.cuh"
@@ -87,13 +88,21 @@ constexpr int kPanelBytes = 2 * kBoxBytes;       // the row panel I: 128 columns
 // multiplies panel I by itself); kN = 192: 1.5x the MMA work per instruction and per byte of X
 // copied into shared memory, at 192 fp32 registers per consumer thread for `acc` and `mid` -- the
 // most the register file allows with promotion in registers.
-template <int kN>
+//
+// kAsync (the drained epilogue): each consumer leaves a finished tile's fp32 sums in a staging buffer
+// of shared memory and goes on with the next tile, while warps 1-3 of the producer warpgroup add them
+// into `out` (drain()). The staging buffers take the shared memory of two (kN = 192) or one (128)
+// pipeline stages.
+template <int kN, bool kAsync = false>
 struct Shape {
   static constexpr int kBoxesJ = kN / kBox;
   static constexpr int kStageBytes = kPanelBytes + kBoxesJ * kBoxBytes;  // panels I and J
-  static constexpr int kStages = kN == 128 ? 6 : 5;
-  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
   static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
+  static constexpr int kStaged = kAcc / 4 * 128;  // float4s of one consumer's staged sums
+  static constexpr int kStagingBytes = kAsync ? kConsumers * kStaged * 16 : 0;
+  static constexpr int kStages = kN == 128 ? (kAsync ? 5 : 6) : (kAsync ? 3 : 5);
+  static constexpr int kBarriers = 2 * kStages + 2 * kConsumers;  // full, empty; staged, drained
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStagingBytes + kBarriers * 8 + 1024;  // + alignment slack
 };
 
 // Which output tiles a launch computes: R row blocks of kTile, C column blocks of kN. Column block J
@@ -294,6 +303,20 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
   return strides | ((smem_addr(p) & 0x3FFFF) >> 4);
 }
 
+// The staging buffers by shared-memory address: through a generic pointer the compiler emits generic
+// 16-byte accesses (ST.E.128) instead of STS.128 / LDS.128.
+__device__ __forceinline__ void st_shared(uint32_t addr, float4 v) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
+__device__ __forceinline__ float4 ld_shared(uint32_t addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr)
+               : "memory");
+  return v;
+}
+
 __device__ __forceinline__ void red_add(double* p, double v) {
   asm volatile("red.global.add.f64 [%0], %1;\n" ::"l"(p), "d"(v) : "memory");
 }
@@ -305,6 +328,10 @@ __device__ __forceinline__ void red_add(double* p, double v) {
 __device__ __forceinline__ void consumer_sync(int c) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + c) : "memory");
 }
+
+// The same among the 96 threads of drain() (id 3).
+constexpr int kDrainThreads = 96;
+__device__ __forceinline__ void drain_sync() { asm volatile("bar.sync 3, %0;\n" ::"n"(kDrainThreads) : "memory"); }
 
 __device__ __forceinline__ void red_release_add(int* p, int v) {
   asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
@@ -464,11 +491,13 @@ __device__ __forceinline__ float4* tail_part(const Out& o, const Tiling& g, int 
 }
 
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16, int kN, int kMode>
-__device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
+template <bool kBF16, int kN, int kMode, bool kAsync>
+__device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, float4* staged,
+                                        uint64_t* staged_full, uint64_t* drained, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
                                         uint64_t desc_strides, int stages, int probe, int phase_kb) {
-  using S = Shape<kN>;
+  using S = Shape<kN, kAsync>;
+  uint32_t staged_phase = 0;
   float acc[S::kAcc];
   float mid[S::kAcc];
   int s = 0;
@@ -540,11 +569,23 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 
     // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
     // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
+    if (probe == kProbeNoEpilogue) continue;
+    if constexpr (kAsync) {
+      // Hand the sums to drain() and go on: float4 q of this thread at q * 128 + tid (conflict-free
+      // 16-byte stores), once drain() is done with the previous tile's.
+      mbar_wait(&drained[c], staged_phase ^ 1);
+      const uint32_t st = smem_addr(staged + c * S::kStaged + tid);
+#pragma unroll
+      for (int q = 0; q < S::kAcc / 4; ++q)
+        st_shared(st + q * 128 * 16, make_float4(mid[4 * q], mid[4 * q + 1], mid[4 * q + 2], mid[4 * q + 3]));
+      mbar_arrive(&staged_full[c]);
+      staged_phase ^= 1;
+      continue;
+    }
     const int warp = tid / 32;
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
-    if (probe == kProbeNoEpilogue) continue;
     if constexpr (kMode == kTail) {
       if (r >= 0) {
         int* flag = o.flags + (t - g.full) * kConsumers + c;
@@ -615,19 +656,92 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
   }
 }
+
+// One staged element into `out` (upper triangle; with `mirror` its mirror too): an L2 reduction, so
+// the drain warps keep no old values in their 40 registers and never wait on DRAM. Each element gets
+// one add per launch (the tail form's ranges are summed first), so the result is that of a
+// read-modify-write.
+__device__ __forceinline__ void drain_element(const Out& o, int gi, int gj, int d, float v) {
+  if (in_upper(gi, gj, d)) {
+    red_add(o.ptr + gi * o.so_row + gj * o.so_col, static_cast<double>(v));
+    if (o.mirror && gi < gj) red_add(o.ptr + gj * o.so_row + gi * o.so_col, static_cast<double>(v));
+  }
+}
+
+// kAsync: the epilogue, in warps 1-3 of the producer warpgroup (thread e of 96), tile by tile in the
+// consumers' order. Float4 j of a consumer's staged sums is its thread j % 128's mid[4 q .. 4 q + 3],
+// q = j / 128 (the wgmma fragment: rows r, r + 8, columns c, c + 1). The tail form's hand-over
+// between CTAs happens here too, so a last range waiting for its partners no longer holds up the MMAs.
+template <int kN, int kMode>
+__device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uint64_t* drained, int e, int d,
+                                      const Tiling& g, int num_kb, const Out& o) {
+  using S = Shape<kN, true>;
+  uint32_t phase = 0;
+  for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
+    int t, kb0, kb1, r, ti, tj;
+    work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
+    tile_of<kN>(t, g, ti, tj);
+    for (int c = 0; c < kConsumers; ++c) {
+      const uint32_t st = smem_addr(staged + c * S::kStaged);
+      mbar_wait(&staged_full[c], phase);
+      int parts = 0;  // kTail, last range: the other ranges' sums to add from the workspace
+      if constexpr (kMode == kTail) {
+        if (r >= 0) {
+          int* flag = o.flags + (t - g.full) * kConsumers + c;
+          if (r < g.splits - 1) {  // not the last range: leave the sums for the last one's CTA
+            float4* part = tail_part<kN>(o, g, t, r, c);
+            for (int j = e; j < S::kStaged; j += kDrainThreads) __stcg(part + j, ld_shared(st + 16 * j));
+            drain_sync();
+            if (e == 0) red_release_add(flag, 1);
+            mbar_arrive(&drained[c]);
+            continue;
+          }
+          if (e == 0) {
+            while (ld_acquire(flag) < g.splits - 1) {
+            }
+          }
+          drain_sync();
+          parts = g.splits - 1;
+        }
+      }
+      for (int j = e; j < S::kStaged; j += kDrainThreads) {
+        float4 v = ld_shared(st + 16 * j);
+        for (int p = 0; p < parts; ++p) {  // in range order, as fp32 adds (the same sums as consume()'s)
+          const float4 w = __ldcg(tail_part<kN>(o, g, t, p, c) + j);
+          v.x += w.x;
+          v.y += w.y;
+          v.z += w.z;
+          v.w += w.w;
+        }
+        const int q = j / 128, u = j % 128;
+        const int gi = ti * kTile + c * 64 + (u / 32) * 16 + (u % 32) / 4;
+        const int gj = block_col<kN>(tj, g) + 8 * q + 2 * (u % 4);
+        drain_element(o, gi, gj, d, v.x);
+        drain_element(o, gi, gj + 1, d, v.y);
+        drain_element(o, gi + 8, gj, d, v.z);
+        drain_element(o, gi + 8, gj + 1, d, v.w);
+      }
+      mbar_arrive(&drained[c]);
+    }
+    phase ^= 1;
+  }
+}
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16, int kN, int kMode>
+template <bool kBF16, int kN, int kMode, bool kAsync>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
-  using S = Shape<kN>;
+  using S = Shape<kN, kAsync>;
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes);
+  float4* staged = reinterpret_cast<float4*>(smem + S::kStages * S::kStageBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes + S::kStagingBytes);
   uint64_t* empty = full + S::kStages;
+  uint64_t* staged_full = empty + S::kStages;  // per consumer: its sums are in `staged`
+  uint64_t* drained = staged_full + kConsumers;  // per consumer: drain() is done with them
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
   const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
@@ -636,6 +750,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < stages; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], kConsumers);
+    }
+    for (int c = 0; c < kConsumers; ++c) {
+      mbar_init(&staged_full[c], 128);
+      mbar_init(&drained[c], kDrainThreads);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -672,11 +790,13 @@ __global__ void __launch_bounds__(kThreads, 1)
           next_stage(s, phase, stages);
         }
       }
+    } else if (kAsync && tid >= 32 && probe != kProbeNoMma && probe != kProbeNoEpilogue) {
+      drain<kN, kMode>(staged, staged_full, drained, tid - 32, d, g, num_kb, o);
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
-                       (wg - 1) * stagger);
+    consume<kBF16, kN, kMode, kAsync>(smem, full, empty, staged, staged_full, drained, wg - 1, tid, d, g, num_kb,
+                                      chunk_kb, o, desc_strides, stages, probe, (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -713,14 +833,20 @@ uint64_t desc_strides() {
   return (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);  // 1 << 62: 128B swizzle
 }
 
-template <bool kBF16, int kN>
+template <bool kBF16, int kN, bool kAsync>
 bool set_smem() {
   auto set = [](auto kernel) {
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape<kN>::kSmemBytes) ==
-           cudaSuccess;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                Shape<kN, kAsync>::kSmemBytes) == cudaSuccess;
   };
-  return set(cov_wgmma_kernel<kBF16, kN, kWhole>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic>) &&
-         set(cov_wgmma_kernel<kBF16, kN, kTail>);
+  return set(cov_wgmma_kernel<kBF16, kN, kWhole, kAsync>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic, kAsync>) &&
+         set(cov_wgmma_kernel<kBF16, kN, kTail, kAsync>);
+}
+
+template <bool kAsync>
+bool set_smem_all() {
+  return set_smem<false, 128, kAsync>() && set_smem<true, 128, kAsync>() && set_smem<false, 192, kAsync>() &&
+         set_smem<true, 192, kAsync>();
 }
 
 // The SLICEKIT_COV_SM90_* tuning variables, read once per call (0 / -1: the measured defaults).
@@ -732,12 +858,14 @@ bool set_smem() {
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
-//   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
+//   EPI=sync|narrow|async        the consumers add each tile into `out` themselves (add_tile_inner()
+//                                where it may run; narrow: add_tile_edge() for every tile), or stage
+//                                it for drain() and go on (async), for A/B timing
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 6, group = 8, ctas = 0, l2 = 256;
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
-  bool narrow = false;
+  bool narrow = false, async = false;
 };
 
 Knobs read_knobs() {
@@ -762,6 +890,7 @@ Knobs read_knobs() {
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
+  k.async = epi != nullptr && std::strcmp(epi, "async") == 0;
   return k;
 }
 
@@ -913,18 +1042,23 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   auto pick = [&](auto whole, auto atomic, auto tail) {
     return p.mode == kWhole ? whole : p.mode == kSplitAtomic ? atomic : tail;
   };
-  auto kernel = bf16 ? pick(cov_wgmma_kernel<true, kN, kWhole>, cov_wgmma_kernel<true, kN, kSplitAtomic>,
-                            cov_wgmma_kernel<true, kN, kTail>)
-                     : pick(cov_wgmma_kernel<false, kN, kWhole>, cov_wgmma_kernel<false, kN, kSplitAtomic>,
-                            cov_wgmma_kernel<false, kN, kTail>);
+  auto kernels = [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    return bf16 ? pick(cov_wgmma_kernel<true, kN, kWhole, kAsync>, cov_wgmma_kernel<true, kN, kSplitAtomic, kAsync>,
+                       cov_wgmma_kernel<true, kN, kTail, kAsync>)
+                : pick(cov_wgmma_kernel<false, kN, kWhole, kAsync>, cov_wgmma_kernel<false, kN, kSplitAtomic, kAsync>,
+                       cov_wgmma_kernel<false, kN, kTail, kAsync>);
+  };
+  auto kernel = k.async ? kernels(std::true_type{}) : kernels(std::false_type{});
+  const int smem_bytes = k.async ? Shape<kN, true>::kSmemBytes : Shape<kN, false>::kSmemBytes;
+  const int max_stages = k.async ? Shape<kN, true>::kStages : Shape<kN, false>::kStages;
   // The second consumer's chunks end `stagger` stages after the first's, so the two do not drain
   // their MMAs for promotion at the same time. Default: 1 for 192-wide tiles (4-5% faster at
   // d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones (within the
   // noise there).
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
-  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
-                                                               std::min(k.stages, Shape<kN>::kStages), k.probe,
-                                                               stagger);
+  kernel<<<p.grid, kThreads, smem_bytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
+                                                   std::min(k.stages, max_stages), k.probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -942,9 +1076,9 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, kWhole>) == cudaSuccess &&
-                    attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem<false, 128>() &&
-                    set_smem<true, 128>() && set_smem<false, 192>() && set_smem<true, 192>();
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, kWhole, false>) == cudaSuccess &&
+                    attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem_all<false>() &&
+                    set_smem_all<true>();
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
     it = cache.emplace(device, ok).first;
   }
