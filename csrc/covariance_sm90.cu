@@ -167,6 +167,8 @@ struct Out {
   int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
   float* part;   // kTail: the fp32 sums of the split tiles' ranges but the last (tail_part())
   int* flags;    // kTail: per split tile and consumer, how many of those ranges are in `part` (zeroed)
+  int l2x;       // L2 policy of the copies of X (l2_policy(); SLICEKIT_COV_SM90_L2X)
+  int l2out;     // L2 policy of the adds into `out` (SLICEKIT_COV_SM90_L2OUT; the drained epilogue)
 };
 
 // First column block that row block I needs (its last column reaches the diagonal).
@@ -290,12 +292,30 @@ __device__ __forceinline__ void next_stage(int& s, uint32_t& phase, int stages) 
 }
 
 // One [kBlockK rows x kBox columns] box of X at (column c0, row c1) into shared memory.
-__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
-          smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
-      : "memory");
+// policy != 0: an L2 cache policy (createpolicy) for the copy (SLICEKIT_COV_SM90_L2X).
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
+                                         uint64_t policy) {
+  if (policy == 0) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+            smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+        : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, "
+        "%4}], [%2], %5;\n" ::"r"(smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "l"(policy)
+        : "memory");
+  }
+}
+
+// L2 cache policies: 1 = evict first, 2 = evict last (0: none).
+__device__ __forceinline__ uint64_t l2_policy(int kind) {
+  uint64_t p = 0;
+  if (kind == 1) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  if (kind == 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
 }
 
 // `strides`: the descriptor's constant part (desc_strides() on the host), plus the start address.
@@ -364,6 +384,9 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
   SLICEKIT_F8(i), SLICEKIT_F8(i + 8), SLICEKIT_F8(i + 16), SLICEKIT_F8(i + 24), SLICEKIT_F8(i + 32), \
       SLICEKIT_F8(i + 40), SLICEKIT_F8(i + 48), SLICEKIT_F8(i + 56)
 
+#define SLICEKIT_WGMMA_REGS_32                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define SLICEKIT_WGMMA_REGS_64                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
   "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
@@ -376,26 +399,37 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
   "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "  \
   "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
 
-// d[64 x N] (+)= A[64 x 16] B[16 x N], both operands M/N-major in shared memory (trans-a = trans-b = 1);
+// d[64 x W] (+)= A[64 x 16] B[16 x W], both operands M/N-major in shared memory (trans-a = trans-b = 1);
 // scale_d = 0 ignores what d held (a fresh chunk). desc_a, desc_b and scale_d are operands da, db, sd.
 #define SLICEKIT_WGMMA(shape, types, regs, da, db, sd)                                                        \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" sd ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." types \
                " " regs ", %" da ", %" db ", p, 1, 1, 1, 1;\n}\n"
 
-template <bool kBF16, int kN>
-__device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  if constexpr (kN == 128 && kBF16) {
+// The MMA of width kW (64, 128 or 192 columns) into the first kW / 2 registers of d: a tile's leading
+// 64-column boxes that lie wholly below the diagonal are left out (skip_boxes()).
+template <bool kBF16, int kW, int kRegs>
+__device__ __forceinline__ void wgmma(float (&d)[kRegs], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  static_assert(kW / 2 <= kRegs, "the accumulator holds kW / 2 registers per thread");
+  if constexpr (kW == 64 && kBF16) {
+    SLICEKIT_WGMMA("m64n64k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
+                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kW == 64) {
+    SLICEKIT_WGMMA("m64n64k16", "f16.f16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
+                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kW == 128 && kBF16) {
     SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
                  : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kN == 128) {
+  } else if constexpr (kW == 128) {
     SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
                  : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kN == 192 && kBF16) {
+  } else if constexpr (kW == 192 && kBF16) {
     SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
                  : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
-    static_assert(kN == 192, "tile widths: 128, 192");
+    static_assert(kW == 192, "MMA widths: 64, 128, 192");
     SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
                  : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
@@ -407,6 +441,16 @@ __device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint6
 template <int kN>
 __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
   return kN * tj - g.off;
+}
+
+// How many of tile (ti, tj)'s leading 64-column boxes lie wholly below the diagonal for consumer c's
+// 64 rows (every column left of every row; a partial leftmost block's columns before 0 count too).
+// Their MMAs would only compute what the epilogue throws away: at d = 4096, 128 x 192 tiles hold
+// 6% more elements than the upper triangle, three quarters of it in such boxes.
+template <int kN>
+__device__ __forceinline__ int skip_boxes(int ti, int tj, int c, const Tiling& g) {
+  const int below = ti * kTile + c * 64 - block_col<kN>(tj, g);  // columns of the block left of row 0 of c
+  return below <= 0 ? 0 : (below / 64 < kN / 64 ? below / 64 : kN / 64);
 }
 
 // Timing probes (SLICEKIT_COV_SM90_PROBE; results are garbage): 1 = no TMA copies (the MMAs run on
@@ -526,46 +570,70 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
-    bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
-    bool fresh = true;     // the next MMA starts a chunk
-    int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
-    for (int kb = kb0; kb < kb1; ++kb) {
-      mbar_wait(&full[s], phase);
-      const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
-      const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
-      wgmma_fence();
+    // The k-loop for an MMA that leaves out the tile's first kSkip boxes (columns 64 kSkip on land in
+    // acc[0 ..)); kSkip = kN / 64: nothing of this consumer's part is above the diagonal, only the
+    // stages are waited for and handed back.
+    auto k_loop = [&](auto skip_tag) {
+      constexpr int kSkip = decltype(skip_tag)::value;
+      constexpr int kW = kN - 64 * kSkip;
+      bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
+      bool fresh = true;     // the next MMA starts a chunk
+      int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
+      for (int kb = kb0; kb < kb1; ++kb) {
+        mbar_wait(&full[s], phase);
+        if constexpr (kW == 0) {
+          next_stage(s, phase, stages);
+          release();
+          continue;
+        } else {
+          const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
+          const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes) + kSkip * kBoxBytes;
+          wgmma_fence();
 #pragma unroll
-      for (int k = 0; k < kBlockK / 16; ++k) {
-        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
-                         (fresh && k == 0) ? 0 : 1);
-      }
-      wgmma_commit();
-      next_stage(s, phase, stages);
-      // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
-      // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
-      // d = 4096, N = 16384 on the H200).
-      if (pending) {
-        wgmma_wait<1>();
-        release();
-      }
-      pending = true;
-      fresh = false;
-      if (--left == 0 || kb + 1 == kb1) {
-        wgmma_wait<0>();
-        fence_operands(acc);
-        release();
-        pending = false;
-        fresh = true;
-        left = chunk_kb;
+          for (int k = 0; k < kBlockK / 16; ++k) {
+            // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+            wgmma<kBF16, kW>(acc, smem_desc(a + k * 16 * 128, desc_strides),
+                             smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
+          }
+          wgmma_commit();
+          next_stage(s, phase, stages);
+          // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
+          // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
+          // d = 4096, N = 16384 on the H200).
+          if (pending) {
+            wgmma_wait<1>();
+            release();
+          }
+          pending = true;
+          fresh = false;
+          if (--left == 0 || kb + 1 == kb1) {
+            wgmma_wait<0>();
+            fence_operands(acc);
+            release();
+            pending = false;
+            fresh = true;
+            left = chunk_kb;
 #pragma unroll
-        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+            for (int i = 0; i < kW / 2; ++i) mid[i] += acc[i];
+          }
+        }
       }
+      // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
+      // that, does not insert a wait of its own on this path.
+      wgmma_wait<0>();
+      fence_operands(acc);
+    };
+    // Only the drained epilogue knows about left-out boxes (drain() shifts the columns back).
+    const int skip = kAsync ? skip_boxes<kN>(ti, tj, c, g) : 0;
+    if (skip == 0) {
+      k_loop(std::integral_constant<int, 0>{});
+    } else if (skip == 1) {
+      k_loop(std::integral_constant<int, 1>{});
+    } else if (kN == 192 && skip == 2) {
+      k_loop(std::integral_constant<int, kN == 192 ? 2 : 1>{});
+    } else {
+      k_loop(std::integral_constant<int, kN / 64>{});
     }
-    // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
-    // that, does not insert a wait of its own on this path.
-    wgmma_wait<0>();
-    fence_operands(acc);
 
     // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
     // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
@@ -661,10 +729,21 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 // the drain warps keep no old values in their 40 registers and never wait on DRAM. Each element gets
 // one add per launch (the tail form's ranges are summed first), so the result is that of a
 // read-modify-write.
-__device__ __forceinline__ void drain_element(const Out& o, int gi, int gj, int d, float v) {
+__device__ __forceinline__ void red_add_hint(double* p, double v, uint64_t policy) {
+  asm volatile("red.global.add.L2::cache_hint.f64 [%0], %1, %2;\n" ::"l"(p), "d"(v), "l"(policy) : "memory");
+}
+
+__device__ __forceinline__ void drain_element(const Out& o, int gi, int gj, int d, float v, uint64_t policy) {
   if (in_upper(gi, gj, d)) {
-    red_add(o.ptr + gi * o.so_row + gj * o.so_col, static_cast<double>(v));
-    if (o.mirror && gi < gj) red_add(o.ptr + gj * o.so_row + gi * o.so_col, static_cast<double>(v));
+    double* p = o.ptr + gi * o.so_row + gj * o.so_col;
+    double* m = o.ptr + gj * o.so_row + gi * o.so_col;
+    if (policy != 0) {
+      red_add_hint(p, static_cast<double>(v), policy);
+      if (o.mirror && gi < gj) red_add_hint(m, static_cast<double>(v), policy);
+    } else {
+      red_add(p, static_cast<double>(v));
+      if (o.mirror && gi < gj) red_add(m, static_cast<double>(v));
+    }
   }
 }
 
@@ -676,6 +755,7 @@ template <int kN, int kMode>
 __device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uint64_t* drained, int e, int d,
                                       const Tiling& g, int num_kb, const Out& o) {
   using S = Shape<kN, true>;
+  const uint64_t policy = l2_policy(o.l2out);
   uint32_t phase = 0;
   for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
     int t, kb0, kb1, r, ti, tj;
@@ -690,7 +770,8 @@ __device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uin
           int* flag = o.flags + (t - g.full) * kConsumers + c;
           if (r < g.splits - 1) {  // not the last range: leave the sums for the last one's CTA
             float4* part = tail_part<kN>(o, g, t, r, c);
-            for (int j = e; j < S::kStaged; j += kDrainThreads) __stcg(part + j, ld_shared(st + 16 * j));
+            const int n_part = (kN / 64 - skip_boxes<kN>(ti, tj, c, g)) * 8 * 128;
+            for (int j = e; j < n_part; j += kDrainThreads) __stcg(part + j, ld_shared(st + 16 * j));
             drain_sync();
             if (e == 0) red_release_add(flag, 1);
             mbar_arrive(&drained[c]);
@@ -704,7 +785,10 @@ __device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uin
           parts = g.splits - 1;
         }
       }
-      for (int j = e; j < S::kStaged; j += kDrainThreads) {
+      // The consumer's MMAs left out its first `skip` boxes: its sums start at column 64 skip.
+      const int skip = skip_boxes<kN>(ti, tj, c, g);
+      const int n_staged = (kN / 64 - skip) * 8 * 128;  // 8 float4s per thread and box
+      for (int j = e; j < n_staged; j += kDrainThreads) {
         float4 v = ld_shared(st + 16 * j);
         for (int p = 0; p < parts; ++p) {  // in range order, as fp32 adds (the same sums as consume()'s)
           const float4 w = __ldcg(tail_part<kN>(o, g, t, p, c) + j);
@@ -715,11 +799,11 @@ __device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uin
         }
         const int q = j / 128, u = j % 128;
         const int gi = ti * kTile + c * 64 + (u / 32) * 16 + (u % 32) / 4;
-        const int gj = block_col<kN>(tj, g) + 8 * q + 2 * (u % 4);
-        drain_element(o, gi, gj, d, v.x);
-        drain_element(o, gi, gj + 1, d, v.y);
-        drain_element(o, gi + 8, gj, d, v.z);
-        drain_element(o, gi + 8, gj + 1, d, v.w);
+        const int gj = block_col<kN>(tj, g) + 64 * skip + 8 * q + 2 * (u % 4);
+        drain_element(o, gi, gj, d, v.x, policy);
+        drain_element(o, gi, gj + 1, d, v.y, policy);
+        drain_element(o, gi + 8, gj, d, v.z, policy);
+        drain_element(o, gi + 8, gj + 1, d, v.w, policy);
       }
       mbar_arrive(&drained[c]);
     }
@@ -763,6 +847,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Producer: one thread issues every copy; the warpgroup gives its registers to the consumers.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid == 0) {
+      const uint64_t policy = l2_policy(o.l2x);
       int s = 0;
       uint32_t phase = 0;
       for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
@@ -771,6 +856,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
+        // Boxes of panel J that neither consumer multiplies (consumer 0 leaves out the fewest).
+        const int skip = kAsync && !shared_panel ? skip_boxes<kN>(ti, tj, 0, g) : 0;
+        const int bytes = shared_panel ? kPanelBytes : S::kStageBytes - skip * kBoxBytes;
         for (int kb = kb0; kb < kb1; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
@@ -778,13 +866,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (probe == kProbeNoLoad) {
             mbar_arrive(&full[s]);
           } else {
-            mbar_expect_tx(&full[s], shared_panel ? kPanelBytes : S::kStageBytes);
-            tma_load(stage, &map, &full[s], ti * kTile, row);
-            tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
+            mbar_expect_tx(&full[s], bytes);
+            tma_load(stage, &map, &full[s], ti * kTile, row, policy);
+            tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row, policy);
             if (!shared_panel) {
-#pragma unroll
-              for (int bx = 0; bx < S::kBoxesJ; ++bx)
-                tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
+              for (int bx = skip; bx < S::kBoxesJ; ++bx)
+                tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row, policy);
             }
           }
           next_stage(s, phase, stages);
@@ -858,6 +945,7 @@ bool set_smem_all() {
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
+//   L2X=first|last, L2OUT=...    L2 eviction policies for the copies of X and the drained adds to `out`
 //   EPI=sync|narrow|async        the consumers add each tile into `out` themselves (add_tile_inner()
 //                                where it may run; narrow: add_tile_edge() for every tile), or stage
 //                                it for drain() and go on (async), for A/B timing
@@ -866,6 +954,7 @@ struct Knobs {
   int stages = 6, group = 8, ctas = 0, l2 = 256;
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false, async = false;
+  int l2x = 0, l2out = 0;  // L2X / L2OUT = first|last: L2 policies (l2_policy())
 };
 
 Knobs read_knobs() {
@@ -891,6 +980,12 @@ Knobs read_knobs() {
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
   k.async = epi != nullptr && std::strcmp(epi, "async") == 0;
+  auto policy = [](const char* name) {
+    const char* env = std::getenv(name);
+    return env == nullptr ? 0 : std::strcmp(env, "first") == 0 ? 1 : std::strcmp(env, "last") == 0 ? 2 : 0;
+  };
+  k.l2x = policy("SLICEKIT_COV_SM90_L2X");
+  k.l2out = policy("SLICEKIT_COV_SM90_L2OUT");
   return k;
 }
 
@@ -1032,7 +1127,7 @@ template <int kN>
 void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
                   int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr, k.l2x, k.l2out};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   if (p.mode == kTail && p.flag_bytes > 0) {
     o.flags = static_cast<int*>(workspace);

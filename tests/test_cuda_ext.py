@@ -324,6 +324,21 @@ def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
 
 
 @needs_sm90
+@pytest.mark.parametrize("l2x,l2out", [("last", "first"), ("first", "last"), ("", "first")])
+def test_covariance_sm90_l2_policies(monkeypatch, l2x, l2out):
+    """SLICEKIT_COV_SM90_L2X / L2OUT (L2 eviction policies of the copies of X and of the drained adds
+    into `out`) change where lines stay in L2, never the sums."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", "async")
+    monkeypatch.setenv("SLICEKIT_COV_SM90_L2X", l2x)
+    monkeypatch.setenv("SLICEKIT_COV_SM90_L2OUT", l2out)
+    x = (torch.randn(2500, 1300, device="cuda") + 0.5).to(torch.float16)
+    out = torch.zeros(1300, 1300, dtype=torch.float64, device="cuda")
+    torch.ops.slicekit.covariance_accumulate(x, None, out)
+    assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(x.dtype, 2500, 128)
+    assert torch.equal(out, out.T)
+
+
+@needs_sm90
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("stagger,chunk", [("1", "128"), ("1", "192"), ("2", "192"), ("5", "128")])
 def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
