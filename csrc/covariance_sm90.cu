@@ -67,7 +67,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <type_traits>
 #include <unordered_map>
 
 #include "cuda_utils.cuh"
@@ -88,21 +87,13 @@ constexpr int kPanelBytes = 2 * kBoxBytes;       // the row panel I: 128 columns
 // multiplies panel I by itself); kN = 192: 1.5x the MMA work per instruction and per byte of X
 // copied into shared memory, at 192 fp32 registers per consumer thread for `acc` and `mid` -- the
 // most the register file allows with promotion in registers.
-//
-// kAsync (the drained epilogue): each consumer leaves a finished tile's fp32 sums in a staging buffer
-// of shared memory and goes on with the next tile, while warps 1-3 of the producer warpgroup add them
-// into `out` (drain()). The staging buffers take the shared memory of two (kN = 192) or one (128)
-// pipeline stages.
-template <int kN, bool kAsync = false>
+template <int kN>
 struct Shape {
   static constexpr int kBoxesJ = kN / kBox;
   static constexpr int kStageBytes = kPanelBytes + kBoxesJ * kBoxBytes;  // panels I and J
+  static constexpr int kStages = kN == 128 ? 6 : 5;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
   static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
-  static constexpr int kStaged = kAcc / 4 * 128;  // float4s of one consumer's staged sums
-  static constexpr int kStagingBytes = kAsync ? kConsumers * kStaged * 16 : 0;
-  static constexpr int kStages = kN == 128 ? (kAsync ? 5 : 6) : (kAsync ? 3 : 5);
-  static constexpr int kBarriers = 2 * kStages + 2 * kConsumers;  // full, empty; staged, drained
-  static constexpr int kSmemBytes = kStages * kStageBytes + kStagingBytes + kBarriers * 8 + 1024;  // + alignment slack
 };
 
 // Which output tiles a launch computes: R row blocks of kTile, C column blocks of kN. Column block J
@@ -167,8 +158,6 @@ struct Out {
   int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
   float* part;   // kTail: the fp32 sums of the split tiles' ranges but the last (tail_part())
   int* flags;    // kTail: per split tile and consumer, how many of those ranges are in `part` (zeroed)
-  int l2x;       // L2 policy of the copies of X (l2_policy(); SLICEKIT_COV_SM90_L2X)
-  int l2out;     // L2 policy of the adds into `out` (SLICEKIT_COV_SM90_L2OUT; the drained epilogue)
 };
 
 // First column block that row block I needs (its last column reaches the diagonal).
@@ -292,49 +281,17 @@ __device__ __forceinline__ void next_stage(int& s, uint32_t& phase, int stages) 
 }
 
 // One [kBlockK rows x kBox columns] box of X at (column c0, row c1) into shared memory.
-// policy != 0: an L2 cache policy (createpolicy) for the copy (SLICEKIT_COV_SM90_L2X).
-__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
-                                         uint64_t policy) {
-  if (policy == 0) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
-            smem_addr(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
-        : "memory");
-  } else {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, "
-        "%4}], [%2], %5;\n" ::"r"(smem_addr(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "l"(policy)
-        : "memory");
-  }
-}
-
-// L2 cache policies: 1 = evict first, 2 = evict last (0: none).
-__device__ __forceinline__ uint64_t l2_policy(int kind) {
-  uint64_t p = 0;
-  if (kind == 1) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
-  if (kind == 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(p));
-  return p;
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      : "memory");
 }
 
 // `strides`: the descriptor's constant part (desc_strides() on the host), plus the start address.
 __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
   return strides | ((smem_addr(p) & 0x3FFFF) >> 4);
-}
-
-// The staging buffers by shared-memory address: through a generic pointer the compiler emits generic
-// 16-byte accesses (ST.E.128) instead of STS.128 / LDS.128.
-__device__ __forceinline__ void st_shared(uint32_t addr, float4 v) {
-  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
-               : "memory");
-}
-
-__device__ __forceinline__ float4 ld_shared(uint32_t addr) {
-  float4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr)
-               : "memory");
-  return v;
 }
 
 __device__ __forceinline__ void red_add(double* p, double v) {
@@ -348,10 +305,6 @@ __device__ __forceinline__ void red_add(double* p, double v) {
 __device__ __forceinline__ void consumer_sync(int c) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + c) : "memory");
 }
-
-// The same among the 96 threads of drain() (id 3).
-constexpr int kDrainThreads = 96;
-__device__ __forceinline__ void drain_sync() { asm volatile("bar.sync 3, %0;\n" ::"n"(kDrainThreads) : "memory"); }
 
 __device__ __forceinline__ void red_release_add(int* p, int v) {
   asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
@@ -384,9 +337,6 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
   SLICEKIT_F8(i), SLICEKIT_F8(i + 8), SLICEKIT_F8(i + 16), SLICEKIT_F8(i + 24), SLICEKIT_F8(i + 32), \
       SLICEKIT_F8(i + 40), SLICEKIT_F8(i + 48), SLICEKIT_F8(i + 56)
 
-#define SLICEKIT_WGMMA_REGS_32                                                                        \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
-  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define SLICEKIT_WGMMA_REGS_64                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
   "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
@@ -399,37 +349,26 @@ __device__ __forceinline__ void fence_operands(float (&d)[kRegs]) {
   "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "  \
   "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
 
-// d[64 x W] (+)= A[64 x 16] B[16 x W], both operands M/N-major in shared memory (trans-a = trans-b = 1);
+// d[64 x N] (+)= A[64 x 16] B[16 x N], both operands M/N-major in shared memory (trans-a = trans-b = 1);
 // scale_d = 0 ignores what d held (a fresh chunk). desc_a, desc_b and scale_d are operands da, db, sd.
 #define SLICEKIT_WGMMA(shape, types, regs, da, db, sd)                                                        \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" sd ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." types \
                " " regs ", %" da ", %" db ", p, 1, 1, 1, 1;\n}\n"
 
-// The MMA of width kW (64, 128 or 192 columns) into the first kW / 2 registers of d: a tile's leading
-// 64-column boxes that lie wholly below the diagonal are left out (skip_boxes()).
-template <bool kBF16, int kW, int kRegs>
-__device__ __forceinline__ void wgmma(float (&d)[kRegs], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  static_assert(kW / 2 <= kRegs, "the accumulator holds kW / 2 registers per thread");
-  if constexpr (kW == 64 && kBF16) {
-    SLICEKIT_WGMMA("m64n64k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
-                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 64) {
-    SLICEKIT_WGMMA("m64n64k16", "f16.f16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
-                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 128 && kBF16) {
+template <bool kBF16, int kN>
+__device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kN == 128 && kBF16) {
     SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
                  : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 128) {
+  } else if constexpr (kN == 128) {
     SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
                  : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 192 && kBF16) {
+  } else if constexpr (kN == 192 && kBF16) {
     SLICEKIT_WGMMA("m64n192k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
                  : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
-    static_assert(kW == 192, "MMA widths: 64, 128, 192");
+    static_assert(kN == 192, "tile widths: 128, 192");
     SLICEKIT_WGMMA("m64n192k16", "f16.f16", SLICEKIT_WGMMA_REGS_96, "96", "97", "98")
                  : SLICEKIT_F64(0), SLICEKIT_F8(64), SLICEKIT_F8(72), SLICEKIT_F8(80), SLICEKIT_F8(88)
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
@@ -441,16 +380,6 @@ __device__ __forceinline__ void wgmma(float (&d)[kRegs], uint64_t desc_a, uint64
 template <int kN>
 __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
   return kN * tj - g.off;
-}
-
-// How many of tile (ti, tj)'s leading 64-column boxes lie wholly below the diagonal for consumer c's
-// 64 rows (every column left of every row; a partial leftmost block's columns before 0 count too).
-// Their MMAs would only compute what the epilogue throws away: at d = 4096, 128 x 192 tiles hold
-// 6% more elements than the upper triangle, three quarters of it in such boxes.
-template <int kN>
-__device__ __forceinline__ int skip_boxes(int ti, int tj, int c, const Tiling& g) {
-  const int below = ti * kTile + c * 64 - block_col<kN>(tj, g);  // columns of the block left of row 0 of c
-  return below <= 0 ? 0 : (below / 64 < kN / 64 ? below / 64 : kN / 64);
 }
 
 // Timing probes (SLICEKIT_COV_SM90_PROBE; results are garbage): 1 = no TMA copies (the MMAs run on
@@ -535,13 +464,11 @@ __device__ __forceinline__ float4* tail_part(const Out& o, const Tiling& g, int 
 }
 
 // One consumer warpgroup: output rows [64 c, 64 c + 64) of each tile.
-template <bool kBF16, int kN, int kMode, bool kAsync>
-__device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, float4* staged,
-                                        uint64_t* staged_full, uint64_t* drained, int c, int tid, int d,
+template <bool kBF16, int kN, int kMode>
+__device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t* empty, int c, int tid, int d,
                                         const Tiling& g, int num_kb, int chunk_kb, const Out& o,
                                         uint64_t desc_strides, int stages, int probe, int phase_kb) {
-  using S = Shape<kN, kAsync>;
-  uint32_t staged_phase = 0;
+  using S = Shape<kN>;
   float acc[S::kAcc];
   float mid[S::kAcc];
   int s = 0;
@@ -570,90 +497,54 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
-    // The k-loop for an MMA that leaves out the tile's first kSkip boxes (columns 64 kSkip on land in
-    // acc[0 ..)); kSkip = kN / 64: nothing of this consumer's part is above the diagonal, only the
-    // stages are waited for and handed back.
-    auto k_loop = [&](auto skip_tag) {
-      constexpr int kSkip = decltype(skip_tag)::value;
-      constexpr int kW = kN - 64 * kSkip;
-      bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
-      bool fresh = true;     // the next MMA starts a chunk
-      int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
-      for (int kb = kb0; kb < kb1; ++kb) {
-        mbar_wait(&full[s], phase);
-        if constexpr (kW == 0) {
-          next_stage(s, phase, stages);
-          release();
-          continue;
-        } else {
-          const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
-          const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes) + kSkip * kBoxBytes;
-          wgmma_fence();
+    bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
+    bool fresh = true;     // the next MMA starts a chunk
+    int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
+    for (int kb = kb0; kb < kb1; ++kb) {
+      mbar_wait(&full[s], phase);
+      const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
+      const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
+      wgmma_fence();
 #pragma unroll
-          for (int k = 0; k < kBlockK / 16; ++k) {
-            // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-            wgmma<kBF16, kW>(acc, smem_desc(a + k * 16 * 128, desc_strides),
-                             smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
-          }
-          wgmma_commit();
-          next_stage(s, phase, stages);
-          // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
-          // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
-          // d = 4096, N = 16384 on the H200).
-          if (pending) {
-            wgmma_wait<1>();
-            release();
-          }
-          pending = true;
-          fresh = false;
-          if (--left == 0 || kb + 1 == kb1) {
-            wgmma_wait<0>();
-            fence_operands(acc);
-            release();
-            pending = false;
-            fresh = true;
-            left = chunk_kb;
-#pragma unroll
-            for (int i = 0; i < kW / 2; ++i) mid[i] += acc[i];
-          }
-        }
+      for (int k = 0; k < kBlockK / 16; ++k) {
+        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
+                         (fresh && k == 0) ? 0 : 1);
       }
-      // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
-      // that, does not insert a wait of its own on this path.
-      wgmma_wait<0>();
-      fence_operands(acc);
-    };
-    // Only the drained epilogue knows about left-out boxes (drain() shifts the columns back).
-    const int skip = kAsync ? skip_boxes<kN>(ti, tj, c, g) : 0;
-    if (skip == 0) {
-      k_loop(std::integral_constant<int, 0>{});
-    } else if (skip == 1) {
-      k_loop(std::integral_constant<int, 1>{});
-    } else if (kN == 192 && skip == 2) {
-      k_loop(std::integral_constant<int, kN == 192 ? 2 : 1>{});
-    } else {
-      k_loop(std::integral_constant<int, kN / 64>{});
+      wgmma_commit();
+      next_stage(s, phase, stages);
+      // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
+      // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
+      // d = 4096, N = 16384 on the H200).
+      if (pending) {
+        wgmma_wait<1>();
+        release();
+      }
+      pending = true;
+      fresh = false;
+      if (--left == 0 || kb + 1 == kb1) {
+        wgmma_wait<0>();
+        fence_operands(acc);
+        release();
+        pending = false;
+        fresh = true;
+        left = chunk_kb;
+#pragma unroll
+        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+      }
     }
+    // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
+    // that, does not insert a wait of its own on this path.
+    wgmma_wait<0>();
+    fence_operands(acc);
 
     // Accumulator fragment of wgmma m64nNk16 (PTX ISA): thread (warp w, lane l) holds rows
     // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
-    if (probe == kProbeNoEpilogue) continue;
-    if constexpr (kAsync) {
-      // Hand the sums to drain() and go on: float4 q of this thread at q * 128 + tid (conflict-free
-      // 16-byte stores), once drain() is done with the previous tile's.
-      mbar_wait(&drained[c], staged_phase ^ 1);
-      const uint32_t st = smem_addr(staged + c * S::kStaged + tid);
-#pragma unroll
-      for (int q = 0; q < S::kAcc / 4; ++q)
-        st_shared(st + q * 128 * 16, make_float4(mid[4 * q], mid[4 * q + 1], mid[4 * q + 2], mid[4 * q + 3]));
-      mbar_arrive(&staged_full[c]);
-      staged_phase ^= 1;
-      continue;
-    }
     const int warp = tid / 32;
     const int lane = tid % 32;
     const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
     const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
+    if (probe == kProbeNoEpilogue) continue;
     if constexpr (kMode == kTail) {
       if (r >= 0) {
         int* flag = o.flags + (t - g.full) * kConsumers + c;
@@ -724,108 +615,19 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
   }
 }
-
-// One staged element into `out` (upper triangle; with `mirror` its mirror too): an L2 reduction, so
-// the drain warps keep no old values in their 40 registers and never wait on DRAM. Each element gets
-// one add per launch (the tail form's ranges are summed first), so the result is that of a
-// read-modify-write.
-__device__ __forceinline__ void red_add_hint(double* p, double v, uint64_t policy) {
-  asm volatile("red.global.add.L2::cache_hint.f64 [%0], %1, %2;\n" ::"l"(p), "d"(v), "l"(policy) : "memory");
-}
-
-__device__ __forceinline__ void drain_element(const Out& o, int gi, int gj, int d, float v, uint64_t policy) {
-  if (in_upper(gi, gj, d)) {
-    double* p = o.ptr + gi * o.so_row + gj * o.so_col;
-    double* m = o.ptr + gj * o.so_row + gi * o.so_col;
-    if (policy != 0) {
-      red_add_hint(p, static_cast<double>(v), policy);
-      if (o.mirror && gi < gj) red_add_hint(m, static_cast<double>(v), policy);
-    } else {
-      red_add(p, static_cast<double>(v));
-      if (o.mirror && gi < gj) red_add(m, static_cast<double>(v));
-    }
-  }
-}
-
-// kAsync: the epilogue, in warps 1-3 of the producer warpgroup (thread e of 96), tile by tile in the
-// consumers' order. Float4 j of a consumer's staged sums is its thread j % 128's mid[4 q .. 4 q + 3],
-// q = j / 128 (the wgmma fragment: rows r, r + 8, columns c, c + 1). The tail form's hand-over
-// between CTAs happens here too, so a last range waiting for its partners no longer holds up the MMAs.
-template <int kN, int kMode>
-__device__ __forceinline__ void drain(float4* staged, uint64_t* staged_full, uint64_t* drained, int e, int d,
-                                      const Tiling& g, int num_kb, const Out& o) {
-  using S = Shape<kN, true>;
-  const uint64_t policy = l2_policy(o.l2out);
-  uint32_t phase = 0;
-  for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
-    int t, kb0, kb1, r, ti, tj;
-    work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
-    tile_of<kN>(t, g, ti, tj);
-    for (int c = 0; c < kConsumers; ++c) {
-      const uint32_t st = smem_addr(staged + c * S::kStaged);
-      mbar_wait(&staged_full[c], phase);
-      int parts = 0;  // kTail, last range: the other ranges' sums to add from the workspace
-      if constexpr (kMode == kTail) {
-        if (r >= 0) {
-          int* flag = o.flags + (t - g.full) * kConsumers + c;
-          if (r < g.splits - 1) {  // not the last range: leave the sums for the last one's CTA
-            float4* part = tail_part<kN>(o, g, t, r, c);
-            const int n_part = (kN / 64 - skip_boxes<kN>(ti, tj, c, g)) * 8 * 128;
-            for (int j = e; j < n_part; j += kDrainThreads) __stcg(part + j, ld_shared(st + 16 * j));
-            drain_sync();
-            if (e == 0) red_release_add(flag, 1);
-            mbar_arrive(&drained[c]);
-            continue;
-          }
-          if (e == 0) {
-            while (ld_acquire(flag) < g.splits - 1) {
-            }
-          }
-          drain_sync();
-          parts = g.splits - 1;
-        }
-      }
-      // The consumer's MMAs left out its first `skip` boxes: its sums start at column 64 skip.
-      const int skip = skip_boxes<kN>(ti, tj, c, g);
-      const int n_staged = (kN / 64 - skip) * 8 * 128;  // 8 float4s per thread and box
-      for (int j = e; j < n_staged; j += kDrainThreads) {
-        float4 v = ld_shared(st + 16 * j);
-        for (int p = 0; p < parts; ++p) {  // in range order, as fp32 adds (the same sums as consume()'s)
-          const float4 w = __ldcg(tail_part<kN>(o, g, t, p, c) + j);
-          v.x += w.x;
-          v.y += w.y;
-          v.z += w.z;
-          v.w += w.w;
-        }
-        const int q = j / 128, u = j % 128;
-        const int gi = ti * kTile + c * 64 + (u / 32) * 16 + (u % 32) / 4;
-        const int gj = block_col<kN>(tj, g) + 64 * skip + 8 * q + 2 * (u % 4);
-        drain_element(o, gi, gj, d, v.x, policy);
-        drain_element(o, gi, gj + 1, d, v.y, policy);
-        drain_element(o, gi + 8, gj, d, v.z, policy);
-        drain_element(o, gi + 8, gj + 1, d, v.w, policy);
-      }
-      mbar_arrive(&drained[c]);
-    }
-    phase ^= 1;
-  }
-}
 #endif  // SLICEKIT_SM90_DEVICE
 
-template <bool kBF16, int kN, int kMode, bool kAsync>
+template <bool kBF16, int kN, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
     cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
                      Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
-  using S = Shape<kN, kAsync>;
+  using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  float4* staged = reinterpret_cast<float4*>(smem + S::kStages * S::kStageBytes);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes + S::kStagingBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes);
   uint64_t* empty = full + S::kStages;
-  uint64_t* staged_full = empty + S::kStages;  // per consumer: its sums are in `staged`
-  uint64_t* drained = staged_full + kConsumers;  // per consumer: drain() is done with them
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
   const int num_kb = (n_rows + kBlockK - 1) / kBlockK;
@@ -835,10 +637,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], kConsumers);
     }
-    for (int c = 0; c < kConsumers; ++c) {
-      mbar_init(&staged_full[c], 128);
-      mbar_init(&drained[c], kDrainThreads);
-    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -847,7 +645,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Producer: one thread issues every copy; the warpgroup gives its registers to the consumers.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid == 0) {
-      const uint64_t policy = l2_policy(o.l2x);
       int s = 0;
       uint32_t phase = 0;
       for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
@@ -856,9 +653,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
-        // Boxes of panel J that neither consumer multiplies (consumer 0 leaves out the fewest).
-        const int skip = kAsync && !shared_panel ? skip_boxes<kN>(ti, tj, 0, g) : 0;
-        const int bytes = shared_panel ? kPanelBytes : S::kStageBytes - skip * kBoxBytes;
         for (int kb = kb0; kb < kb1; ++kb) {
           mbar_wait(&empty[s], phase ^ 1);
           uint8_t* stage = smem + s * S::kStageBytes;
@@ -866,24 +660,23 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (probe == kProbeNoLoad) {
             mbar_arrive(&full[s]);
           } else {
-            mbar_expect_tx(&full[s], bytes);
-            tma_load(stage, &map, &full[s], ti * kTile, row, policy);
-            tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row, policy);
+            mbar_expect_tx(&full[s], shared_panel ? kPanelBytes : S::kStageBytes);
+            tma_load(stage, &map, &full[s], ti * kTile, row);
+            tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
             if (!shared_panel) {
-              for (int bx = skip; bx < S::kBoxesJ; ++bx)
-                tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row, policy);
+#pragma unroll
+              for (int bx = 0; bx < S::kBoxesJ; ++bx)
+                tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
             }
           }
           next_stage(s, phase, stages);
         }
       }
-    } else if (kAsync && tid >= 32 && probe != kProbeNoMma && probe != kProbeNoEpilogue) {
-      drain<kN, kMode>(staged, staged_full, drained, tid - 32, d, g, num_kb, o);
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume<kBF16, kN, kMode, kAsync>(smem, full, empty, staged, staged_full, drained, wg - 1, tid, d, g, num_kb,
-                                      chunk_kb, o, desc_strides, stages, probe, (wg - 1) * stagger);
+    consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
+                       (wg - 1) * stagger);
   }
 #endif  // SLICEKIT_SM90_DEVICE
 }
@@ -920,20 +713,14 @@ uint64_t desc_strides() {
   return (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);  // 1 << 62: 128B swizzle
 }
 
-template <bool kBF16, int kN, bool kAsync>
+template <bool kBF16, int kN>
 bool set_smem() {
   auto set = [](auto kernel) {
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                Shape<kN, kAsync>::kSmemBytes) == cudaSuccess;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape<kN>::kSmemBytes) ==
+           cudaSuccess;
   };
-  return set(cov_wgmma_kernel<kBF16, kN, kWhole, kAsync>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic, kAsync>) &&
-         set(cov_wgmma_kernel<kBF16, kN, kTail, kAsync>);
-}
-
-template <bool kAsync>
-bool set_smem_all() {
-  return set_smem<false, 128, kAsync>() && set_smem<true, 128, kAsync>() && set_smem<false, 192, kAsync>() &&
-         set_smem<true, 192, kAsync>();
+  return set(cov_wgmma_kernel<kBF16, kN, kWhole>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic>) &&
+         set(cov_wgmma_kernel<kBF16, kN, kTail>);
 }
 
 // The SLICEKIT_COV_SM90_* tuning variables, read once per call (0 / -1: the measured defaults).
@@ -945,16 +732,12 @@ bool set_smem_all() {
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
-//   L2X=first|last, L2OUT=...    L2 eviction policies for the copies of X and the drained adds to `out`
-//   EPI=sync|narrow|async        the consumers add each tile into `out` themselves (add_tile_inner()
-//                                where it may run; narrow: add_tile_edge() for every tile), or stage
-//                                it for drain() and go on (async), for A/B timing
+//   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 6, group = 8, ctas = 0, l2 = 256;
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
-  bool narrow = false, async = false;
-  int l2x = 0, l2out = 0;  // L2X / L2OUT = first|last: L2 policies (l2_policy())
+  bool narrow = false;
 };
 
 Knobs read_knobs() {
@@ -979,13 +762,6 @@ Knobs read_knobs() {
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
-  k.async = epi != nullptr && std::strcmp(epi, "async") == 0;
-  auto policy = [](const char* name) {
-    const char* env = std::getenv(name);
-    return env == nullptr ? 0 : std::strcmp(env, "first") == 0 ? 1 : std::strcmp(env, "last") == 0 ? 2 : 0;
-  };
-  k.l2x = policy("SLICEKIT_COV_SM90_L2X");
-  k.l2out = policy("SLICEKIT_COV_SM90_L2OUT");
   return k;
 }
 
@@ -1127,7 +903,7 @@ template <int kN>
 void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
                   int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr, k.l2x, k.l2out};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   if (p.mode == kTail && p.flag_bytes > 0) {
     o.flags = static_cast<int*>(workspace);
@@ -1137,23 +913,18 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   auto pick = [&](auto whole, auto atomic, auto tail) {
     return p.mode == kWhole ? whole : p.mode == kSplitAtomic ? atomic : tail;
   };
-  auto kernels = [&](auto async) {
-    constexpr bool kAsync = decltype(async)::value;
-    return bf16 ? pick(cov_wgmma_kernel<true, kN, kWhole, kAsync>, cov_wgmma_kernel<true, kN, kSplitAtomic, kAsync>,
-                       cov_wgmma_kernel<true, kN, kTail, kAsync>)
-                : pick(cov_wgmma_kernel<false, kN, kWhole, kAsync>, cov_wgmma_kernel<false, kN, kSplitAtomic, kAsync>,
-                       cov_wgmma_kernel<false, kN, kTail, kAsync>);
-  };
-  auto kernel = k.async ? kernels(std::true_type{}) : kernels(std::false_type{});
-  const int smem_bytes = k.async ? Shape<kN, true>::kSmemBytes : Shape<kN, false>::kSmemBytes;
-  const int max_stages = k.async ? Shape<kN, true>::kStages : Shape<kN, false>::kStages;
+  auto kernel = bf16 ? pick(cov_wgmma_kernel<true, kN, kWhole>, cov_wgmma_kernel<true, kN, kSplitAtomic>,
+                            cov_wgmma_kernel<true, kN, kTail>)
+                     : pick(cov_wgmma_kernel<false, kN, kWhole>, cov_wgmma_kernel<false, kN, kSplitAtomic>,
+                            cov_wgmma_kernel<false, kN, kTail>);
   // The second consumer's chunks end `stagger` stages after the first's, so the two do not drain
   // their MMAs for promotion at the same time. Default: 1 for 192-wide tiles (4-5% faster at
   // d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones (within the
   // noise there).
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
-  kernel<<<p.grid, kThreads, smem_bytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
-                                                   std::min(k.stages, max_stages), k.probe, stagger);
+  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
+                                                               std::min(k.stages, Shape<kN>::kStages), k.probe,
+                                                               stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1171,9 +942,9 @@ bool usable(int device) {
     cudaFuncAttributes attr{};
     // The build must hold sm_90a code for this kernel (a build for other archs has only an empty body).
     const bool ok = cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9 &&
-                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, kWhole, false>) == cudaSuccess &&
-                    attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem_all<false>() &&
-                    set_smem_all<true>();
+                    cudaFuncGetAttributes(&attr, cov_wgmma_kernel<false, 128, kWhole>) == cudaSuccess &&
+                    attr.binaryVersion >= 90 && encode_fn() != nullptr && set_smem<false, 128>() &&
+                    set_smem<true, 128>() && set_smem<false, 192>() && set_smem<true, 192>();
     cudaGetLastError();  // a failed probe must not leave a sticky error for torch to find
     it = cache.emplace(device, ok).first;
   }

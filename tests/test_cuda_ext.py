@@ -251,26 +251,19 @@ _SM90_PROBLEM = _sm90_kernel_problem()
 needs_sm90 = pytest.mark.skipif(_SM90_PROBLEM is not None, reason=f"sm_90 wgmma kernel unavailable: {_SM90_PROBLEM}")
 
 
-# The epilogue forms (SLICEKIT_COV_SM90_EPI): the consumers add each tile into `out` themselves
-# ("sync"), or stage it in shared memory for the producer warpgroup's drain warps ("async").
-EPILOGUES = ["sync", "async"]
-
-
 @needs_sm90
-@pytest.mark.parametrize("epi", EPILOGUES)
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n,d", [(1, 1), (63, 64), (65, 65), (129, 127), (1000, 128), (300, 129), (77, 191),
                                  (500, 192), (333, 193), (64, 255), (4097, 300), (40000, 136), (2000, 1000),
                                  (300, 2176), (200, 4096)])
-def test_covariance_sm90_matches_float64(monkeypatch, epi, tile, dtype, n, d):
+def test_covariance_sm90_matches_float64(monkeypatch, tile, dtype, n, d):
     """The Hopper kernel, both tile widths, on tile edges (d around 64/128/192; 192-wide column blocks
     start left of column 0 when d is not a multiple of 192), row counts around its 64-row stages,
     more rows than one launch takes (40000 > 32768), more tiles than CTAs (d = 2176 and 4096, so the
     persistent CTAs take several); the upper-only form (batched loads and stores of the float64 sums)
-    and the mirrored one (L2 reductions); both epilogue forms."""
+    and the mirrored one (L2 reductions)."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
     x = (torch.randn(n, d, device="cuda") + 0.25).to(dtype)
     expected = covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
     out0 = _rand_sym(d, "cuda")
@@ -324,21 +317,6 @@ def test_covariance_sm90_tuning_knobs(monkeypatch, tune, tile):
 
 
 @needs_sm90
-@pytest.mark.parametrize("l2x,l2out", [("last", "first"), ("first", "last"), ("", "first")])
-def test_covariance_sm90_l2_policies(monkeypatch, l2x, l2out):
-    """SLICEKIT_COV_SM90_L2X / L2OUT (L2 eviction policies of the copies of X and of the drained adds
-    into `out`) change where lines stay in L2, never the sums."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", "async")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_L2X", l2x)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_L2OUT", l2out)
-    x = (torch.randn(2500, 1300, device="cuda") + 0.5).to(torch.float16)
-    out = torch.zeros(1300, 1300, dtype=torch.float64, device="cuda")
-    torch.ops.slicekit.covariance_accumulate(x, None, out)
-    assert _rel_fro(out, covariance_ref(x, None, torch.zeros_like(out))) <= _cov_tol(x.dtype, 2500, 128)
-    assert torch.equal(out, out.T)
-
-
-@needs_sm90
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("stagger,chunk", [("1", "128"), ("1", "192"), ("2", "192"), ("5", "128")])
 def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
@@ -358,14 +336,13 @@ def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
 
 @needs_sm90
 @pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("epi", [*EPILOGUES, "narrow"])
+@pytest.mark.parametrize("epi", ["", "narrow"])
 @pytest.mark.parametrize("layout", ["contiguous", "row_padded", "transposed"])
 def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, layout):
     """The float64 epilogue: 16-byte accesses where `out`'s rows allow them (contiguous with even d,
     or an odd d inside rows padded to an even stride: the last column goes alone), per element
     otherwise (a transposed view); tiles wholly above the diagonal take the unchecked path, the rest
-    the checked one. SLICEKIT_COV_SM90_EPI=narrow is the earlier epilogue (the checked path for all);
-    the async form adds every element by an L2 reduction, whatever the layout."""
+    the checked one. SLICEKIT_COV_SM90_EPI=narrow is the earlier epilogue (the checked path for all)."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
     n, d = 1500, 390 if layout == "contiguous" else 389
@@ -409,26 +386,23 @@ def _both_forms(n: int, d: int):
 
 
 @needs_sm90
-@pytest.mark.parametrize("epi", EPILOGUES)
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("splits", ["2", "3", "7", "16", "1000"])
 @pytest.mark.parametrize("n,d", [(5000, 200), (700, 577), (3000, 2176)])
-def test_covariance_sm90_split_k(monkeypatch, epi, tile, splits, n, d):
+def test_covariance_sm90_split_k(monkeypatch, tile, splits, n, d):
     """SLICEKIT_COV_SM90_SPLITS: every tile cut into row ranges whose sums several CTAs add atomically
     (ranges of uneven length, more ranges than 64-row blocks: 1000 is capped at the block count,
     more work items than CTAs at d = 2176). The mirrored form never splits atomically and stays symmetric."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", splits)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
     _both_forms(n, d)
 
 
 @needs_sm90
-@pytest.mark.parametrize("epi", EPILOGUES)
 @pytest.mark.parametrize("tile", ["128", "192"])
 @pytest.mark.parametrize("tail", ["2", "3", "4", "8", "1000"])
 @pytest.mark.parametrize("n,d,ctas", [(3000, 1100, "7"), (2500, 2176, "0"), (700, 577, "0")])
-def test_covariance_sm90_tail_split(monkeypatch, epi, tile, tail, n, d, ctas):
+def test_covariance_sm90_tail_split(monkeypatch, tile, tail, n, d, ctas):
     """SLICEKIT_COV_SM90_TAIL: the tiles past the last whole wave (d = 1100 on 7 CTAs: 45 or 33 tiles,
     3 or 5 left over; d = 2176 on every SM) or all of them (fewer tiles than SMs) cut into row ranges
     (1000 is capped at the block count); all but the last range hand their fp32 sums to the last
@@ -437,7 +411,6 @@ def test_covariance_sm90_tail_split(monkeypatch, epi, tile, tail, n, d, ctas):
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", tail)
     monkeypatch.setenv("SLICEKIT_COV_SM90_TUNE", f"6,8,{ctas},256")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
     x, out0, upper, sym, expected = _both_forms(n, d)
     assert _rel_fro(torch.triu(sym - out0), torch.triu(upper - out0)) <= 1e-12
     # Run again into the same matrix: the hand-over counts start from zero in every launch.
