@@ -45,14 +45,32 @@
 // mirrored form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only
 // their part of the upper triangle.
 //
-// Chunks of kChunkRows = 128 rows: the tensor cores' fp32 sums truncate toward zero (|C[u, -u]| ==
-// C[u, u] to the last bit, benchmarks/tensor_core_rounding.py), a bias that grows with the chunk: on
-// calibration-like fp16 X at d = 4096, 4.1e-7 at 128 rows, 4.8e-7 at 192 and 7.0e-7 at 256, which are
-// 4-5% faster. Two ways to cancel the bias were measured (b7859eb) and dropped: starting each chunk
-// from minus half its expected sum halves the error at equal length but costs more per promotion
-// (256-row chunks: 3.3e-7, 7% slower than plain 128-row ones; 512 rows: as fast, 7.0e-7); adding every
-// other chunk negated (wgmma's scale-a = -1) changes nothing under truncation toward zero
+// Chunks of kChunkRows = 192 rows: the tensor cores' fp32 sums truncate toward zero (|C[u, -u]| ==
+// C[u, u] to the last bit, benchmarks/tensor_core_rounding.py), a bias that grows with the chunk. Each
+// of a chunk's K = rows / 16 truncating adds loses at most one ulp of the running sum, so a chunk's
+// relative error is at most 2^-23 (K + 1) / 2: 5.4e-7 at 128 rows, 7.7e-7 at 192, 1.0e-6 at 256 (the
+// Triton kernel met that 1.015e-6 at d = 1 with 256-row chunks, kernels/covariance.py). Measured on
+// calibration-like fp16 X at d = 4096: 4.1e-7 at 128 rows, 4.8e-7 at 192, 7.0e-7 at 256. 192 rows stay
+// under the 1e-6 requirement with a bound, not only on the data tried, and take 3.5-6.6% less time
+// than 128 (fewer drains of the MMA pipe and adds into `mid`); 256 would take 5-6%, without the bound.
+// Two ways to cancel the bias were measured (b7859eb) and dropped: starting each chunk from minus half
+// its expected sum halves the error at equal length but costs more per promotion (256-row chunks:
+// 3.3e-7, 7% slower than plain 128-row ones; 512 rows: as fast, 7.0e-7); adding every other chunk
+// negated (wgmma's scale-a = -1) changes nothing under truncation toward zero
 // (covariance_sm90_ab_promo*.json).
+//
+// Power bounds the kernel on the H200 (benchmarks/covariance_energy.py: steady-state windows with the
+// board's clock, power and energy counter). This kernel, torch's GEMM and the float64 path all run at
+// the ~690 W limit, so a call's time is its energy divided by ~690 W. At d = 4096, N = 16384 a call
+// spends ~390 mJ (torch's GEMM ~590); without the TMA copies (probe 1) 21% less, and the SM clock rises
+// from ~1500 to ~1800 MHz at the same cycle count -- the copies cost power, not cycles; without the
+// float64 epilogue (probe 3) 13% less; with one promotion per launch 9% less
+// (covariance_energy_probes_36ec8bd.json). Two changes aimed at cycles were measured and dropped
+// (c04ea19, bc6921e; covariance_energy_async_*.json): a drained epilogue (consumers stage each tile's
+// sums in shared memory and go on, warps of the producer warpgroup add them by L2 reductions) was
+// 1-3% faster at d = 4096 and 8192 and 2% slower at 5120 -- no more than the 3 pipeline stages its
+// staging left room for; MMAs that also left out each tile's 64-column boxes below the diagonal (6%
+// of the MMA work at d = 4096) made it 6-8% slower; L2 eviction hints did nothing or harm.
 //
 // The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
 // kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
@@ -91,7 +109,11 @@ template <int kN>
 struct Shape {
   static constexpr int kBoxesJ = kN / kBox;
   static constexpr int kStageBytes = kPanelBytes + kBoxesJ * kBoxBytes;  // panels I and J
-  static constexpr int kStages = kN == 128 ? 6 : 5;
+  static constexpr int kStages = kN == 128 ? 6 : 5;  // the most that fit; kDefaultStages are used
+  // 192-wide tiles run 3 stages: 0.5-2.3% faster than 5 in every one of 9 paired windows at
+  // d = 4096, 5120 and 8192 (covariance_energy_async_bc6921e.json, sync_s3): fewer copies in flight,
+  // and the copies cost power, not cycles (the power-limit note above).
+  static constexpr int kDefaultStages = kN == 128 ? 6 : 3;
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
   static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
 };
@@ -735,7 +757,7 @@ bool set_smem() {
 //   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
-  int stages = 6, group = 8, ctas = 0, l2 = 256;
+  int stages = 0, group = 8, ctas = 0, l2 = 256;  // stages 0: Shape::kDefaultStages
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false;
 };
@@ -923,7 +945,9 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   // noise there).
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
   kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
-                                                               std::min(k.stages, Shape<kN>::kStages), k.probe,
+                                                               k.stages > 0 ? std::min(k.stages, Shape<kN>::kStages)
+                                                                            : Shape<kN>::kDefaultStages,
+                                                               k.probe,
                                                                stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

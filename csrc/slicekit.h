@@ -129,7 +129,8 @@ const char* covariance_path_cuda(c10::ScalarType dtype);
 namespace sm90 {
 // Rows per launch: bounds the fp32 sums of chunk results in registers before float64 takes them.
 constexpr int64_t kLaunchRows = 32768;
-constexpr int64_t kChunkRows = 128;  // rows between promotions of the MMA accumulator
+// Rows between promotions of the MMA accumulator (covariance_sm90.cu: error bound and timings).
+constexpr int64_t kChunkRows = 192;
 // Whether `device` is an sm_90 GPU, this build holds sm_90a code, and SLICEKIT_COV_SM90 != 0.
 bool usable(int device);
 // Bytes of device workspace that launch() needs for these rows (0 when it splits no tile's rows
