@@ -29,10 +29,10 @@
 // (as Nsight Compute had said: tensor pipe ~49%, L2 47%; 2-CTA clusters that multicast the shared
 // row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
 // per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
-// registers, the most that promotion in registers allows. Together with the epilogue below and the
-// stagger: 0.52-0.55 ms at d = 4096 and 1.98-2.12 ms at d = 8192, N = 16384 (1.45-1.57x torch's full
-// fp16 GEMM, 16.8-18.0x float64; README, full sweeps at 508c90b and 86b434f), 8-17% less time than the
-// Triton kernel there.
+// registers, the most that promotion in registers allows. Together with the epilogue below, the
+// stagger, 192-row chunks and 3 stages: 0.50-0.52 ms at d = 4096 and 1.95-2.08 ms at d = 8192,
+// N = 16384 (1.50-1.64x torch's full fp16 GEMM, 17.5-18.3x float64; README, full sweep at b2fa876),
+// 8-21% less time than the Triton kernel there.
 // Whole tiles, or tiles cut into row ranges shared among CTAs: choose_split() (see Mode).
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
