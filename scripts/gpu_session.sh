@@ -3,7 +3,8 @@
 # Usage: bash scripts/gpu_session.sh STAGE...   where STAGE is
 #   build                    compile slicekit._C (skipped when already built and sources unchanged)
 #   tests                    every GPU-relevant test file
-#   NAME[:ARGS]              python benchmarks/NAME.py ARGS (ARGS comma-separated), e.g. sliced_gemm:--quick
+#   NAME[:ARGS]              python benchmarks/NAME.py ARGS (ARGS comma-separated), e.g. sliced_gemm:--quick;
+#                            an argument that holds commas (TUNE=3,8,0,256) is split too: run the script directly
 #   ext[:ARGS]               python csrc/bench_ext.py ARGS
 #   wheel                    pip wheel --no-build-isolation --no-deps . and list what the wheel holds
 #   diag                     how a failing TORCH_CHECK in slicekit._C surfaces (scripts/diag_cxx_errors.py)

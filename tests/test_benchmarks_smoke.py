@@ -271,7 +271,7 @@ def _no_gpu_env():
                                          ("covariance_variants.py", []), ("eigh_backends.py", []),
                                          ("host_transfer.py", []), ("cold_start.py", []),
                                          ("covariance_sm90_sweep.py", []), ("covariance_sm90_ab.py", []),
-                                         ("tensor_core_rounding.py", [])])
+                                         ("tensor_core_rounding.py", []), ("covariance_energy.py", [])])
 def test_gpu_script_refuses_without_gpu(script, args):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], env=_no_gpu_env(),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
