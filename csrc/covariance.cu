@@ -373,13 +373,8 @@ void covariance_sm90(const CovarianceParams& p, cudaStream_t stream) {
       base = dst;
       ld = buf_ld;
     }
-    // The workspace comes from torch's caching allocator on this stream: freed at the end of the
-    // iteration, its memory is only handed out again to work ordered after this launch.
-    const int64_t ws_bytes = sm90::workspace_bytes(rows, d, p.mirror, device);
-    at::Tensor ws;
-    if (ws_bytes > 0) ws = at::empty({ws_bytes}, at::TensorOptions().device(c10::Device(c10::kCUDA, device)).dtype(at::kByte));
-    sm90::launch(base, rows, d, ld, bf16, p.out_ptr, p.stride_out_row, p.stride_out_col, p.mirror, chunk,
-                 ws_bytes > 0 ? ws.data_ptr() : nullptr, ws_bytes, device, stream);
+    sm90::launch(base, rows, d, ld, bf16, p.out_ptr, p.stride_out_row, p.stride_out_col, p.mirror, chunk, device,
+                 stream);
   }
 }
 

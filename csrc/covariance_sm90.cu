@@ -87,6 +87,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <c10/cuda/CUDACachingAllocator.h>
+
 #include "cuda_utils.cuh"
 
 namespace slicekit {
@@ -975,15 +977,8 @@ bool usable(int device) {
   return it->second;
 }
 
-int64_t workspace_bytes(int64_t rows, int64_t d, bool mirror, int device) {
-  if (rows <= 0 || rows > INT32_MAX || d <= 0 || d > INT32_MAX) return 0;
-  const Plan p = make_plan(rows, d, mirror, read_knobs(), device);
-  return p.flag_bytes + p.part_bytes;
-}
-
 void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
-            bool mirror, int64_t chunk_rows, void* workspace, int64_t workspace_size, int device,
-            CUstream_st* stream) {
+            bool mirror, int64_t chunk_rows, int device, CUstream_st* stream) {
   SLICEKIT_CHECK(rows > 0 && rows <= INT32_MAX && d > 0 && d <= INT32_MAX, "slicekit: sm90 covariance: bad shape [",
                  rows, ", ", d, "]");
   SLICEKIT_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (ld * 2) % 16 == 0,
@@ -993,10 +988,12 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
                  "slicekit: sm90 covariance: chunk_rows must be a positive multiple of ", kBlockK, ", got ", chunk_rows);
   const Knobs k = read_knobs();
   const Plan plan = make_plan(rows, d, mirror, k, device);
-  SLICEKIT_CHECK(workspace_size >= plan.flag_bytes + plan.part_bytes &&
-                     (plan.flag_bytes == 0 || reinterpret_cast<uintptr_t>(workspace) % 256 == 0),
-                 "slicekit: sm90 covariance: the launch needs a 256-byte aligned workspace of ",
-                 plan.flag_bytes + plan.part_bytes, " bytes (workspace_bytes()), got ", workspace_size);
+  // The tail form's workspace, from torch's caching allocator on the current stream (the one the
+  // kernel runs on): freed when this function returns, its memory only goes to work ordered after
+  // the kernel. Its blocks are 512-byte aligned, as the 16-byte parts after the flags need.
+  c10::DataPtr workspace;
+  if (plan.flag_bytes + plan.part_bytes > 0)
+    workspace = c10::cuda::CUDACachingAllocator::get()->allocate(plan.flag_bytes + plan.part_bytes);
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
@@ -1014,9 +1011,9 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
                  static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
   const int r = static_cast<int>(rows), n = static_cast<int>(d);
   if (plan.width == 192) {
-    launch_tiles<192>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace, stream);
+    launch_tiles<192>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(), stream);
   } else {
-    launch_tiles<128>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace, stream);
+    launch_tiles<128>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(), stream);
   }
 }
 

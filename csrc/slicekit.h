@@ -133,12 +133,11 @@ constexpr int64_t kLaunchRows = 32768;
 constexpr int64_t kChunkRows = 192;
 // Whether `device` is an sm_90 GPU, this build holds sm_90a code, and SLICEKIT_COV_SM90 != 0.
 bool usable(int device);
-// Bytes of device workspace that launch() needs for these rows (0 when it splits no tile's rows
-// among CTAs through the workspace); the knobs in the environment are read again by launch().
-int64_t workspace_bytes(int64_t rows, int64_t d, bool mirror, int device);
+// out (float64, strides in elements) += X^T X over `rows` rows of X (16-byte aligned rows, `ld` elements
+// apart), on `stream`, which must be the device's current stream (the tail form's workspace comes from
+// torch's caching allocator on it).
 void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, double* out, int64_t so_row, int64_t so_col,
-            bool mirror, int64_t chunk_rows, void* workspace, int64_t workspace_size, int device,
-            CUstream_st* stream);
+            bool mirror, int64_t chunk_rows, int device, CUstream_st* stream);
 }  // namespace sm90
 
 // out = (W Q)[:, :k] (dim=1, W [rows, d]) or (Q^T W)[:k, :] (dim=0, W [d, cols]), rounded once.
