@@ -7,7 +7,8 @@ left. Here each variant runs back to back for a window of `--seconds` (after a w
 own), while a thread samples the SM clock and board power; the board's energy counter gives the
 energy per call. Then:
     cycles per call = ms x mean SM clock   (what a change to the kernel's schedule moves)
-    mJ per call                            (what bounds the time once power sits at the limit)
+    mJ per call = mean power x ms          (what bounds the time once power sits at the limit;
+                                            "mj" is the energy counter's reading, coarser)
 Rounds repeat the variants in a fresh random order. Variants as in covariance_sm90_ab.py
 (NAME:KNOB=V+KNOB=V); "gemm" (torch.mm fp16 -> fp32) and "fp64" are added.
 
@@ -94,9 +95,11 @@ def window(fn, seconds: float, board: Board) -> dict:
     power = statistics.mean(p for _, p in samples) if samples else float("nan")
     row = dict(ms=ms, calls=calls, clock_mhz=clock, power_w=power, samples=len(samples),
                kcycles=ms * clock)  # ms x MHz = thousands of cycles
-    # The counter spans the queued calls plus launch and sync overhead (a few ms of ~1 s): per call,
-    # from the counter where there is one, else the sampled power times the time.
-    row["mj"] = (e1 - e0) * 1000.0 / calls if e0 is not None and e1 is not None else power * ms
+    # Two estimates per call: the mean sampled power times the time (steady), and the board's energy
+    # counter over the window (it also spans launch and sync overhead, and it moves in coarse steps:
+    # on the H200 it strayed up to ~15% from power x time over windows of 0.6-1 s).
+    row["mj_power"] = power * ms
+    row["mj"] = (e1 - e0) * 1000.0 / calls if e0 is not None and e1 is not None else row["mj_power"]
     return row
 
 
@@ -146,7 +149,8 @@ def main(argv=None) -> int:
                 log.append(dict(d=d, round=r, variant=name, **w))
                 print(log[-1], file=sys.stderr, flush=True)
         for name, ws in got.items():
-            med = {k: statistics.median(w[k] for w in ws) for k in ("ms", "clock_mhz", "power_w", "kcycles", "mj")}
+            med = {k: statistics.median(w[k] for w in ws)
+                   for k in ("ms", "clock_mhz", "power_w", "kcycles", "mj", "mj_power")}
             rows.append(dict(d=d, N=args.n, dtype=args.dtype, variant=name, knobs=envs.get(name, {}), **med))
         base = {k: rows[-len(fns)][k] for k in ("ms", "kcycles", "mj")}
         for row in rows[-len(fns):]:
@@ -154,7 +158,7 @@ def main(argv=None) -> int:
                 row[f"{k}_vs_first"] = row[k] / base[k]
         del x, out
         torch.cuda.empty_cache()
-    print(markdown_table(rows, ["d", "variant", "ms", "clock_mhz", "power_w", "kcycles", "mj", "ms_vs_first",
+    print(markdown_table(rows, ["d", "variant", "ms", "clock_mhz", "power_w", "kcycles", "mj_power", "mj", "ms_vs_first",
                                 "kcycles_vs_first", "mj_vs_first"]))
     print(f"wrote {write_results(args.name, rows, dict(windows=log, power_limit_w=board.limit()))}")
     return 0
