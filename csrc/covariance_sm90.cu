@@ -65,8 +65,8 @@
 // spends ~390 mJ (torch's GEMM ~590); without the TMA copies (probe 1) 21% less, and the SM clock rises
 // from ~1500 to ~1800 MHz at the same cycle count -- the copies cost power, not cycles; without the
 // float64 epilogue (probe 3) 13% less; with one promotion per launch 9% less
-// (covariance_energy_probes_36ec8bd.json). Two changes aimed at cycles were measured and dropped
-// (c04ea19, bc6921e; covariance_energy_async_*.json): a drained epilogue (consumers stage each tile's
+// (covariance_energy_probes_36ec8bd.json). Three changes were measured and dropped (c04ea19,
+// bc6921e; covariance_energy_async_*.json): a drained epilogue (consumers stage each tile's
 // sums in shared memory and go on, warps of the producer warpgroup add them by L2 reductions) was
 // 1-3% faster at d = 4096 and 8192 and 2% slower at 5120 -- no more than the 3 pipeline stages its
 // staging left room for; MMAs that also left out each tile's 64-column boxes below the diagonal (6%
@@ -111,10 +111,10 @@ template <int kN>
 struct Shape {
   static constexpr int kBoxesJ = kN / kBox;
   static constexpr int kStageBytes = kPanelBytes + kBoxesJ * kBoxBytes;  // panels I and J
-  static constexpr int kStages = kN == 128 ? 6 : 5;  // the most that fit; kDefaultStages are used
-  // 192-wide tiles run 3 stages: 0.5-2.3% faster than 5 in every one of 9 paired windows at
-  // d = 4096, 5120 and 8192 (covariance_energy_async_bc6921e.json, sync_s3): fewer copies in flight,
-  // and the copies cost power, not cycles (the power-limit note above).
+  static constexpr int kStages = kN == 128 ? 6 : 5;  // the most that fit (SLICEKIT_COV_SM90_TUNE)
+  // 192-wide tiles run 3 stages by default: 0.5-2.3% faster than 5 in all 9 paired windows at
+  // d = 4096, 5120 and 8192 in one run (covariance_energy_async_bc6921e.json, sync_s3), level with 4
+  // and 5 in the next (covariance_energy_defaults.json); 2 stages are 42-45% slower.
   static constexpr int kDefaultStages = kN == 128 ? 6 : 3;
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
   static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
@@ -748,7 +748,8 @@ bool set_smem() {
 }
 
 // The SLICEKIT_COV_SM90_* tuning variables, read once per call (0 / -1: the measured defaults).
-//   TUNE="stages,group,ctas,l2"  pipeline stages (at most 6 for 128-wide tiles, 5 for 192), row
+//   TUNE="stages,group,ctas,l2"  pipeline stages (at most 6 for 128-wide tiles, 5 for 192; default
+//                                Shape::kDefaultStages: 6 and 3), row
 //                                blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
 //                                promotion in bytes (0/64/128/256)
 //   PROBE=1|2|3                  timing probes (see kProbeNoLoad)
