@@ -90,6 +90,16 @@ def cuda_op():
         return None
 
 
+def sm90_problem(x: torch.Tensor | None = None) -> str | None:
+    """Why the extension's Hopper kernel cannot be timed here (for X, when given), or None: the
+    scripts that time its settings need it, not the cuBLAS path the extension falls back to."""
+    if cuda_op() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
+        return "the CUDA extension (with covariance_path) is not built"
+    if x is not None and (path := torch.ops.slicekit.covariance_path(x)) != "sm90_wgmma":
+        return f"this GPU runs the {path} path, not the sm90 kernel"
+    return None
+
+
 def measure_shape(model: str, d: int, n: int, dtype: torch.dtype, device: str = "cuda", timer=safe_bench,
                   with_mask: bool = False) -> list[dict]:
     """Time every provider on one [n, d] batch; one row per provider."""

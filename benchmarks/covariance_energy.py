@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import env_vars, markdown_table, require_cuda, write_results  # noqa: E402
-from bench_covariance import activations, fp64_path  # noqa: E402
+from bench_covariance import activations, fp64_path, sm90_problem  # noqa: E402
 from covariance_sm90_ab import parse_variant  # noqa: E402
 
 
@@ -116,10 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="covariance_energy")
     args = p.parse_args(argv)
     require_cuda("covariance_energy.py")
-    from slicekit.ops._dispatch import _cuda_extension
-
-    if _cuda_extension() is None:
-        print("covariance_energy.py: the CUDA extension is not built", file=sys.stderr)
+    if problem := sm90_problem():
+        print(f"covariance_energy.py: {problem}", file=sys.stderr)
         return 2
     try:
         board = Board()
@@ -132,6 +130,9 @@ def main(argv=None) -> int:
     rows, log = [], []
     for d in args.d:
         x = activations(args.n, d, dtype, "cuda")
+        if problem := sm90_problem(x):
+            print(f"covariance_energy.py: {problem}", file=sys.stderr)
+            return 2
         out = torch.zeros(d, d, dtype=torch.float64, device="cuda")
         fns = {name: (lambda: op(x, None, out, False)) for name, _ in variants}  # noqa: B023
         envs = dict(variants)

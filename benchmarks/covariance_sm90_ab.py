@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
-from bench_covariance import activations, fp64_path, rel_err  # noqa: E402
+from bench_covariance import activations, fp64_path, rel_err, sm90_problem  # noqa: E402
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -73,15 +73,14 @@ def main(argv=None) -> int:
     if len({name for name, _ in variants}) != len(variants) or {"gemm", "fp64"} & {name for name, _ in variants}:
         raise SystemExit("covariance_sm90_ab.py: variant names must be unique and not 'gemm' or 'fp64'")
     from slicekit.ops import symmetrize_
-    from slicekit.ops._dispatch import _cuda_extension  # loads slicekit._C, which registers the ops
 
     if args.op == "triton":
         from slicekit.kernels.covariance import covariance_triton
 
         def op(x, mask, out, symmetric):
             covariance_triton(x, mask, out, symmetric=symmetric)
-    elif _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
-        print("covariance_sm90_ab.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
+    elif problem := sm90_problem():
+        print(f"covariance_sm90_ab.py: {problem}", file=sys.stderr)
         return 2
     else:
         op = torch.ops.slicekit.covariance_accumulate
@@ -90,8 +89,8 @@ def main(argv=None) -> int:
         for dname in args.dtype:
             dtype = torch.float16 if dname == "fp16" else torch.bfloat16
             x = activations(args.n, d, dtype, "cuda")
-            if args.op == "cuda" and torch.ops.slicekit.covariance_path(x) != "sm90_wgmma":
-                print("covariance_sm90_ab.py: this GPU does not run the sm90 kernel", file=sys.stderr)
+            if args.op == "cuda" and (problem := sm90_problem(x)):
+                print(f"covariance_sm90_ab.py: {problem}", file=sys.stderr)
                 return 2
             ref = fp64_path(x)
             out = torch.zeros(d, d, dtype=torch.float64, device="cuda")

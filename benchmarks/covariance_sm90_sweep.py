@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import bench_ms, env_vars, markdown_table, require_cuda, write_results  # noqa: E402
-from bench_covariance import activations, fp64_path, rel_err  # noqa: E402  (the same X, reference, error)
+from bench_covariance import activations, fp64_path, rel_err, sm90_problem  # noqa: E402  (the same X, reference, error)
 
 # (tile, SLICEKIT_COV_SM90_TUNE, SLICEKIT_COV_SM90_CHUNK, probe, SLICEKIT_COV_SM90_STAGGER[, knobs]) per
 # named set; knobs: more SLICEKIT_COV_SM90_* variables by suffix, e.g. {"EPI": "narrow"}. The epilogue set
@@ -86,10 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="covariance_sm90_sweep", help="results file name (benchmarks/results/NAME.json)")
     args = p.parse_args(argv)
     require_cuda("covariance_sm90_sweep.py")
-    from slicekit.ops._dispatch import _cuda_extension
-
-    if _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
-        print("covariance_sm90_sweep.py: the CUDA extension (with covariance_path) is not built", file=sys.stderr)
+    if problem := sm90_problem():
+        print(f"covariance_sm90_sweep.py: {problem}", file=sys.stderr)
         return 2
     from slicekit.kernels import covariance as kcov
     from slicekit.ops import symmetrize_
@@ -100,9 +98,8 @@ def main(argv=None) -> int:
         for dname in args.dtype:
             dtype = torch.float16 if dname == "fp16" else torch.bfloat16
             x = activations(args.n, d, dtype, "cuda")
-            path = torch.ops.slicekit.covariance_path(x)
-            if path != "sm90_wgmma":
-                print(f"covariance_sm90_sweep.py: this GPU runs the {path} path, not the sm90 kernel", file=sys.stderr)
+            if problem := sm90_problem(x):
+                print(f"covariance_sm90_sweep.py: {problem}", file=sys.stderr)
                 return 2
             ref = fp64_path(x)
             gemm = bench_ms(lambda: torch.mm(x.T, x, out_dtype=torch.float32))[0]  # noqa: B023
