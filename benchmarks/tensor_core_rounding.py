@@ -21,14 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import env_vars, require_cuda, write_results  # noqa: E402
+from bench_covariance import sm90_problem  # noqa: E402
 
 
 def main() -> int:
     require_cuda("tensor_core_rounding.py")
-    from slicekit.ops._dispatch import _cuda_extension
-
-    if _cuda_extension() is None or not hasattr(torch.ops.slicekit, "covariance_path"):
-        print("tensor_core_rounding.py: the CUDA extension is not built", file=sys.stderr)
+    if problem := sm90_problem():
+        print(f"tensor_core_rounding.py: {problem}", file=sys.stderr)
         return 2
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
@@ -37,8 +36,8 @@ def main() -> int:
         u = torch.rand(n, 1, device="cuda", generator=g) + 0.5
         v = torch.rand(n, 1, device="cuda", generator=g) + 0.5
         x = torch.cat([u, -u, v, torch.zeros(n, 5, device="cuda")], 1).to(dtype)  # 8 columns: 16-byte rows
-        if torch.ops.slicekit.covariance_path(x) != "sm90_wgmma":
-            print("tensor_core_rounding.py: this GPU does not run the sm90 kernel", file=sys.stderr)
+        if problem := sm90_problem(x):
+            print(f"tensor_core_rounding.py: {problem}", file=sys.stderr)
             return 2
         ref = x.double().T @ x.double()
         for chunk in ("16384", "128"):
