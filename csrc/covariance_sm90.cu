@@ -412,6 +412,16 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
 constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
+// 4 and 5: each CTA leaves out some k-blocks of its first work item -- 4: (CTA % 33), so the CTAs'
+// epilogues no longer fall at the same moment; 5: 16 everywhere (as much work in all, in lockstep).
+// Whether the float64 epilogue costs time because every CTA reads and writes `out` at once.
+constexpr int kProbeSkew = 4;
+constexpr int kProbeFlatSkip = 5;
+
+__host__ __device__ __forceinline__ int probe_skip(int probe, int it, int cta) {
+  if (it != cta) return 0;
+  return probe == kProbeSkew ? cta % 33 : probe == kProbeFlatSkip ? 16 : 0;
+}
 
 // The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
 // of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
@@ -517,6 +527,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
   for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
     int t, kb0, kb1, r, ti, tj;
     work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
+    kb0 = min(kb0 + probe_skip(probe, it, blockIdx.x), kb1 - 1);
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
@@ -674,6 +685,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
         int t, kb0, kb1, r, ti, tj;
         work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
+        kb0 = min(kb0 + probe_skip(probe, it, blockIdx.x), kb1 - 1);
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
@@ -752,7 +764,7 @@ bool set_smem() {
 //                                Shape::kDefaultStages: 6 and 3), row
 //                                blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
 //                                promotion in bytes (0/64/128/256)
-//   PROBE=1|2|3                  timing probes (see kProbeNoLoad)
+//   PROBE=1..5                   timing probes (see kProbeNoLoad)
 //   STAGGER=k                    the second consumer ends its chunks k stages after the first
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
