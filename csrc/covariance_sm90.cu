@@ -116,7 +116,18 @@ struct Shape {
   // d = 4096, 5120 and 8192 in one run (covariance_energy_async_bc6921e.json, sync_s3), level with 4
   // and 5 in the next (covariance_energy_defaults.json); 2 stages are 42-45% slower.
   static constexpr int kDefaultStages = kN == 128 ? 6 : 3;
-  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+  // The bulk epilogue (192-wide tiles, at most kDefaultStages stages) stages half a tile's float64 sums
+  // per warp after the default stages: 16 rows of kN / 2 values, rows padded by 64 bytes so that a
+  // quarter-warp's 16-byte stores (two rows, 64 bytes each) fall in distinct banks.
+  static constexpr bool kBulk = kN == 192;
+  static constexpr int kStagedRowBytes = kN / 2 * 8 + 64;
+  static constexpr int kStagingOffset = kDefaultStages * kStageBytes;
+  static constexpr int kStagingBytes = kBulk ? 4 * kConsumers * 16 * kStagedRowBytes : 0;
+  static constexpr int kBarrierOffset = kStages * kStageBytes > kStagingOffset + kStagingBytes
+                                            ? kStages * kStageBytes
+                                            : kStagingOffset + kStagingBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;  // + barriers + alignment slack
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
   static constexpr int kAcc = kN / 2;  // fp32 accumulator registers per thread of m64nNk16
 };
 
@@ -180,6 +191,7 @@ struct Out {
   int mirror;    // also add each value at its mirror position (symmetric=True)
   int vec;       // unit column stride and 16-byte aligned rows: add_tile_inner() may run
   int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
+  int bulk;      // add_tile_bulk() for warps whose rows lie wholly inside and above the diagonal
   float* part;   // kTail: the fp32 sums of the split tiles' ranges but the last (tail_part())
   int* flags;    // kTail: per split tile and consumer, how many of those ranges are in `part` (zeroed)
 };
@@ -321,6 +333,21 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint64_t strides) {
 __device__ __forceinline__ void red_add(double* p, double v) {
   asm volatile("red.global.add.f64 [%0], %1;\n" ::"l"(p), "d"(v) : "memory");
 }
+
+// The bulk copy engine's float64 reduction: global[p, p + bytes) += shared[src, src + bytes), performed
+// in L2 without a round trip for this thread; completion is tracked per issuing thread in bulk groups.
+__device__ __forceinline__ void bulk_add(double* p, const void* src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f64 [%0], [%1], %2;\n" ::"l"(p),
+               "r"(smem_addr(src)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Until this thread's bulk groups have read their shared-memory source (it may be written again) ...
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// ... or have completed (before the CTA exits).
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+// Orders this thread's ordinary shared-memory stores before later reads of the bulk copy engine.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // The tail's hand-over between CTAs (CUTLASS's generic barrier does the same): a consumer's 128 threads
 // store their sums, meet at a named barrier (ids 1 and 2; 0 is __syncthreads), and one of them
@@ -488,6 +515,40 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
   }
 }
 
+// add_tile_bulk: one warp's 16 rows x kN columns, wholly inside `out` and on or above the diagonal,
+// `out` with unit column stride and 16-byte aligned rows. The warp widens its sums into its staging
+// area in shared memory, half a row at a time, and 16 of its lanes hand one row each to the bulk copy
+// engine, which adds it into `out` in L2: the consumer goes on to its next tile while the float64
+// read-modify-writes run, instead of waiting out 2-3 DRAM round trips per tile (add_tile_inner). Only
+// the second half waits, for the engine to have read the first one out of shared memory.
+template <int kN>
+__device__ __forceinline__ void add_tile_bulk(const float (&mid)[kN / 2], double* __restrict__ row_ptr, int64_t so_row,
+                                              uint8_t* staging, int lane) {
+  using S = Shape<kN>;
+  constexpr int kGroups = kN / 16;  // column groups of 8 per half
+  uint8_t* r0 = staging + (lane / 4) * S::kStagedRowBytes + 16 * (lane % 4);
+  uint8_t* r8 = r0 + 8 * S::kStagedRowBytes;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (lane < 16) bulk_wait_read();
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+      const int m = 4 * (h * kGroups + i);
+      *reinterpret_cast<double2*>(r0 + 64 * i) =
+          make_double2(static_cast<double>(mid[m]), static_cast<double>(mid[m + 1]));
+      *reinterpret_cast<double2*>(r8 + 64 * i) =
+          make_double2(static_cast<double>(mid[m + 2]), static_cast<double>(mid[m + 3]));
+    }
+    fence_proxy_async();
+    __syncwarp();
+    if (lane < 16) {
+      bulk_add(row_ptr + lane * so_row + h * (kN / 2), staging + lane * S::kStagedRowBytes, kN / 2 * 8);
+      bulk_commit();
+    }
+  }
+}
+
 // kTail: where range r (< splits - 1) of split tile t leaves consumer c's fp32 sums in the workspace:
 // one block of kAcc x 128 floats per (tile, range, consumer), float4 q of thread tid at q * 128 + tid
 // (each warp's 16-byte accesses cover 512 contiguous bytes).
@@ -577,8 +638,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     // 16 w + l / 4 and +8, columns 8 i + 2 (l % 4) and +1, as mid[4 i + {0, 1, 2, 3}].
     const int warp = tid / 32;
     const int lane = tid % 32;
-    const int row0 = ti * kTile + c * 64 + warp * 16 + lane / 4;
-    const int col0 = block_col<kN>(tj, g) + 2 * (lane % 4);
+    const int wrow = ti * kTile + c * 64 + warp * 16;  // this warp's first row and the tile's first column
+    const int wcol = block_col<kN>(tj, g);
+    const int row0 = wrow + lane / 4;
+    const int col0 = wcol + 2 * (lane % 4);
     if (probe == kProbeNoEpilogue) continue;
     if constexpr (kMode == kTail) {
       if (r >= 0) {
@@ -643,12 +706,18 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
           }
         }
       }
+    } else if (S::kBulk && o.bulk && wrow + 15 < d && wcol >= wrow + 15 && wcol + kN <= d) {
+      add_tile_bulk<kN>(mid, out + wrow * so_row + wcol, so_row,
+                        smem + S::kStagingOffset + (c * 4 + warp) * 16 * S::kStagedRowBytes, lane);
     } else if (o.vec && !o.narrow && row0 + 8 < d && col0 >= row0 + 8 && col0 + kN - 7 < d) {
       add_tile_inner<kN>(mid, out + row0 * so_row + col0, so_row);
     } else {
       add_tile_edge<kN, kN == 128 ? 4 : 2>(mid, out, row0, col0, d, so_row, so_col);
     }
   }
+  // The bulk reductions read shared memory until they complete, and the last ones must land before
+  // the kernel ends.
+  if (S::kBulk && o.bulk && tid % 32 < 16) bulk_wait_all();
 }
 #endif  // SLICEKIT_SM90_DEVICE
 
@@ -661,7 +730,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   // 128-byte swizzled boxes must start on a 1024-byte boundary (the swizzle pattern's period).
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kStages * S::kStageBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::kBarrierOffset);
   uint64_t* empty = full + S::kStages;
   const int wg = threadIdx.x / 128;
   const int tid = threadIdx.x % 128;
@@ -769,12 +838,14 @@ bool set_smem() {
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
-//   EPI=narrow                   add_tile_edge() for every tile, for A/B timing
+//   EPI=narrow|rmw               add_tile_edge() for every tile / add_tile_inner() where allowed instead
+//                                of the bulk epilogue, for A/B timing
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 0, group = 8, ctas = 0, l2 = 256;  // stages 0: Shape::kDefaultStages
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false;
+  bool epi_bulk = true;
 };
 
 Knobs read_knobs() {
@@ -799,6 +870,7 @@ Knobs read_knobs() {
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
+  k.epi_bulk = epi == nullptr || (std::strcmp(epi, "narrow") != 0 && std::strcmp(epi, "rmw") != 0);
   return k;
 }
 
@@ -940,8 +1012,11 @@ template <int kN>
 void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
                   int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, nullptr, nullptr};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, 0, nullptr, nullptr};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const int stages = k.stages > 0 ? std::min(k.stages, Shape<kN>::kStages) : Shape<kN>::kDefaultStages;
+  // The bulk epilogue's staging area lies past the default stages (Shape::kStagingOffset).
+  o.bulk = Shape<kN>::kBulk && o.vec && !mirror && k.epi_bulk && stages <= Shape<kN>::kDefaultStages ? 1 : 0;
   if (p.mode == kTail && p.flag_bytes > 0) {
     o.flags = static_cast<int*>(workspace);
     o.part = reinterpret_cast<float*>(static_cast<char*>(workspace) + p.flag_bytes);
@@ -959,11 +1034,8 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool b
   // d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones (within the
   // noise there).
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
-  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(),
-                                                               k.stages > 0 ? std::min(k.stages, Shape<kN>::kStages)
-                                                                            : Shape<kN>::kDefaultStages,
-                                                               k.probe,
-                                                               stagger);
+  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(), stages,
+                                                               k.probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

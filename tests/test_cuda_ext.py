@@ -351,13 +351,15 @@ def test_covariance_sm90_staggered_chunks(monkeypatch, tile, stagger, chunk):
 
 @needs_sm90
 @pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("epi", ["", "narrow"])
+@pytest.mark.parametrize("epi", ["", "rmw", "narrow"])
 @pytest.mark.parametrize("layout", ["contiguous", "row_padded", "transposed"])
 def test_covariance_sm90_epilogue_forms(monkeypatch, tile, epi, layout):
     """The float64 epilogue: 16-byte accesses where `out`'s rows allow them (contiguous with even d,
     or an odd d inside rows padded to an even stride: the last column goes alone), per element
     otherwise (a transposed view); tiles wholly above the diagonal take the unchecked path, the rest
-    the checked one. SLICEKIT_COV_SM90_EPI=narrow is the earlier epilogue (the checked path for all)."""
+    the checked one; by default, 192-wide tiles' warps wholly above the diagonal hand their rows to the
+    bulk copy engine's float64 reduction. SLICEKIT_COV_SM90_EPI=rmw keeps them on the unchecked
+    read-modify-write, =narrow is the earlier epilogue (the checked path for all)."""
     monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
     monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
     n, d = 1500, 390 if layout == "contiguous" else 389
@@ -445,6 +447,31 @@ def test_covariance_sm90_default_plan_at_llama_width(dtype, n, d):
     torch.ops.slicekit.covariance_accumulate(x, None, out, True)
     assert torch.equal(out, out.T)
     assert _rel_fro(out, expected) <= _cov_tol(dtype, n, SM90_CHUNK_ROWS)
+
+
+@needs_sm90
+@pytest.mark.parametrize("plan", ["whole", "tail"])
+@pytest.mark.parametrize("n,d", [(5000, 1000), (1500, 2176), (700, 4096)])
+def test_covariance_sm90_bulk_epilogue_equals_read_modify_write(monkeypatch, plan, n, d):
+    """The bulk copy engine adds each float64 pair in L2 exactly as a thread's read-modify-write does
+    (one IEEE addition of the same two values), so over several calls into a non-zero `out` the two
+    epilogues agree bit for bit, and leave everything below the diagonal alone; whole tiles and the
+    tail form (its last ranges go through the same epilogue)."""
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", "192")
+    monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", "1" if plan == "whole" else "3")
+    xs = [(torch.randn(n, d, device="cuda") * 3 + 0.5).to(torch.float16) for _ in range(3)]
+    out0 = _rand_sym(d, "cuda")
+    results = {}
+    for epi in ("", "rmw"):
+        monkeypatch.setenv("SLICEKIT_COV_SM90_EPI", epi)
+        out = out0.clone()
+        for x in xs:
+            torch.ops.slicekit.covariance_accumulate(x, None, out, False)
+        results[epi] = out
+    assert torch.equal(results[""], results["rmw"])
+    assert torch.equal(torch.tril(results[""], -1), torch.tril(out0, -1))
+    expected = sum(covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda")) for x in xs)
+    assert _rel_fro(torch.triu(results[""] - out0), torch.triu(expected)) <= _cov_tol(torch.float16, n, SM90_CHUNK_ROWS)
 
 
 @needs_sm90
