@@ -444,6 +444,9 @@ constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by di
 // Whether the float64 epilogue costs time because every CTA reads and writes `out` at once.
 constexpr int kProbeSkew = 4;
 constexpr int kProbeFlatSkip = 5;
+// 6: the bulk epilogue without its second half (what waiting for the first half to leave shared memory
+// costs).
+constexpr int kProbeBulkHalf = 6;
 
 __host__ __device__ __forceinline__ int probe_skip(int probe, int it, int cta) {
   if (it != cta) return 0;
@@ -523,13 +526,14 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
 // the second half waits, for the engine to have read the first one out of shared memory.
 template <int kN>
 __device__ __forceinline__ void add_tile_bulk(const float (&mid)[kN / 2], double* __restrict__ row_ptr, int64_t so_row,
-                                              uint8_t* staging, int lane) {
+                                              uint8_t* staging, int lane, int probe) {
   using S = Shape<kN>;
   constexpr int kGroups = kN / 16;  // column groups of 8 per half
   uint8_t* r0 = staging + (lane / 4) * S::kStagedRowBytes + 16 * (lane % 4);
   uint8_t* r8 = r0 + 8 * S::kStagedRowBytes;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
+    if (h == 1 && probe == kProbeBulkHalf) break;
     if (lane < 16) bulk_wait_read();
     __syncwarp();
 #pragma unroll
@@ -708,7 +712,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       }
     } else if (S::kBulk && o.bulk && wrow + 15 < d && wcol >= wrow + 15 && wcol + kN <= d) {
       add_tile_bulk<kN>(mid, out + wrow * so_row + wcol, so_row,
-                        smem + S::kStagingOffset + (c * 4 + warp) * 16 * S::kStagedRowBytes, lane);
+                        smem + S::kStagingOffset + (c * 4 + warp) * 16 * S::kStagedRowBytes, lane, probe);
     } else if (o.vec && !o.narrow && row0 + 8 < d && col0 >= row0 + 8 && col0 + kN - 7 < d) {
       add_tile_inner<kN>(mid, out + row0 * so_row + col0, so_row);
     } else {
@@ -833,7 +837,7 @@ bool set_smem() {
 //                                Shape::kDefaultStages: 6 and 3), row
 //                                blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
 //                                promotion in bytes (0/64/128/256)
-//   PROBE=1..5                   timing probes (see kProbeNoLoad)
+//   PROBE=1..6                   timing probes (see kProbeNoLoad)
 //   STAGGER=k                    the second consumer ends its chunks k stages after the first
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
