@@ -36,14 +36,29 @@
 // Whole tiles, or tiles cut into row ranges shared among CTAs: choose_split() (see Mode).
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
-// exactly symmetric): batched loads then stores in the streaming form (16-byte accesses where a
-// thread's part lies wholly above the diagonal), L2 reductions in the mirrored one (see consume()).
-// With the 16-byte batches, probe 3 (no epilogue) is level at d = 4096 (0.562 vs 0.558 ms) and 7%
-// faster at d = 8192 (2.09 vs 2.25 ms), where `out` (512 MB) streams through DRAM as each wave of
-// tiles ends. Prefetching each tile's part of `out` into L2 from the producer (cp.async.bulk.prefetch,
-// 8-64 k-blocks before the tile's end) was slower at every lead (0.59-0.61 and 2.40-2.49 ms; the
-// mirrored form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only
-// their part of the upper triangle.
+// exactly symmetric). Streaming form, 192-wide tiles: a warp whose 16 rows lie wholly inside `out` and
+// above the diagonal stages its sums in shared memory and hands each row to the bulk copy engine's
+// float64 reduction (cp.reduce.async.bulk .add.f64, performed in L2: bulk_half()); other warps, and
+// 128-wide tiles, use batched loads then stores (16-byte accesses where a thread's part lies wholly
+// above the diagonal). Mirrored form: L2 reductions per element (see consume()).
+// What the epilogue costs (N = 16384, steady-state windows, benchmarks/covariance_energy.py):
+//   * with the batched loads and stores, probe 3 (no epilogue) took 7% less time at d = 4096 and 8192;
+//   * not because all CTAs reach `out` at once: letting each CTA skip (CTA % 33) k-blocks of its first
+//     tile, so that their epilogues fall apart, was no faster than skipping 16 in lockstep (as much
+//     work; 0.541 vs 0.531 ms at d = 4096, 2.06 vs 2.05 at 8192; covariance_energy_skew_7fae86d.json);
+//     each thread waits out 2-3 DRAM round trips per tile instead;
+//   * the bulk reduction takes 1-2% less time than those loads and stores (d = 4096: 0.539 vs 0.544 ms;
+//     5120: 0.822 vs 0.842; 8192: 2.00 vs 2.04; SLICEKIT_COV_SM90_EPI=rmw for the latter,
+//     covariance_energy_bulk_c50db7f.json) and adds bit for bit the same (one IEEE addition of the same
+//     two values; test_cuda_ext.py). Probe 3 is still 5.5% faster (0.499 vs 0.529 ms at d = 4096,
+//     1.87 vs 1.98 at 8192), and leaving out the second half -- its wait for the first half to leave
+//     shared memory -- saved only 1.5-2% (covariance_energy_bulkprobe_58a9aa6.json; probes since
+//     removed), so deferring that half into the next tile (which spilled 450-720 bytes in the MMA
+//     loop) was not pursued.
+// Prefetching each tile's part of `out` into L2 from the producer (cp.async.bulk.prefetch, 8-64
+// k-blocks before the tile's end) was slower at every lead (0.59-0.61 and 2.40-2.49 ms; the mirrored
+// form 11-23% slower), and was dropped (05afb3b). Tiles that cross the diagonal write only their part
+// of the upper triangle.
 //
 // Chunks of kChunkRows = 192 rows: the tensor cores' fp32 sums truncate toward zero (|C[u, -u]| ==
 // C[u, u] to the last bit, benchmarks/tensor_core_rounding.py), a bias that grows with the chunk. Each
@@ -439,20 +454,6 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
 constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
-// 4 and 5: each CTA leaves out some k-blocks of its first work item -- 4: (CTA % 33), so the CTAs'
-// epilogues no longer fall at the same moment; 5: 16 everywhere (as much work in all, in lockstep).
-// Whether the float64 epilogue costs time because every CTA reads and writes `out` at once.
-constexpr int kProbeSkew = 4;
-constexpr int kProbeFlatSkip = 5;
-// 6: the bulk epilogue without its second half (what waiting for the first half to leave shared memory
-// costs).
-constexpr int kProbeBulkHalf = 6;
-
-__host__ __device__ __forceinline__ int probe_skip(int probe, int it, int cta) {
-  if (it != cta) return 0;
-  return probe == kProbeSkew ? cta % 33 : probe == kProbeFlatSkip ? 16 : 0;
-}
-
 // The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
 // of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
 // `out[k] += v` per element, the compiler must assume that each store may alias the next load and
@@ -526,14 +527,13 @@ __device__ __forceinline__ void add_tile_inner(const float (&mid)[kN / 2], doubl
 // the second half waits, for the engine to have read the first one out of shared memory.
 template <int kN>
 __device__ __forceinline__ void add_tile_bulk(const float (&mid)[kN / 2], double* __restrict__ row_ptr, int64_t so_row,
-                                              uint8_t* staging, int lane, int probe) {
+                                              uint8_t* staging, int lane) {
   using S = Shape<kN>;
   constexpr int kGroups = kN / 16;  // column groups of 8 per half
   uint8_t* r0 = staging + (lane / 4) * S::kStagedRowBytes + 16 * (lane % 4);
   uint8_t* r8 = r0 + 8 * S::kStagedRowBytes;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    if (h == 1 && probe == kProbeBulkHalf) break;
     if (lane < 16) bulk_wait_read();
     __syncwarp();
 #pragma unroll
@@ -592,7 +592,6 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
   for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
     int t, kb0, kb1, r, ti, tj;
     work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
-    kb0 = min(kb0 + probe_skip(probe, it, blockIdx.x), kb1 - 1);
     tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
@@ -712,7 +711,7 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
       }
     } else if (S::kBulk && o.bulk && wrow + 15 < d && wcol >= wrow + 15 && wcol + kN <= d) {
       add_tile_bulk<kN>(mid, out + wrow * so_row + wcol, so_row,
-                        smem + S::kStagingOffset + (c * 4 + warp) * 16 * S::kStagedRowBytes, lane, probe);
+                        smem + S::kStagingOffset + (c * 4 + warp) * 16 * S::kStagedRowBytes, lane);
     } else if (o.vec && !o.narrow && row0 + 8 < d && col0 >= row0 + 8 && col0 + kN - 7 < d) {
       add_tile_inner<kN>(mid, out + row0 * so_row + col0, so_row);
     } else {
@@ -758,7 +757,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
         int t, kb0, kb1, r, ti, tj;
         work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
-        kb0 = min(kb0 + probe_skip(probe, it, blockIdx.x), kb1 - 1);
         tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
@@ -837,7 +835,7 @@ bool set_smem() {
 //                                Shape::kDefaultStages: 6 and 3), row
 //                                blocks per schedule band, persistent CTAs (0 = one per SM), TMA L2
 //                                promotion in bytes (0/64/128/256)
-//   PROBE=1..6                   timing probes (see kProbeNoLoad)
+//   PROBE=1|2|3                  timing probes (see kProbeNoLoad)
 //   STAGGER=k                    the second consumer ends its chunks k stages after the first
 //   TILE=128|192                 tile width
 //   SPLITS=s                     kSplitAtomic with s row ranges (streaming form only)
