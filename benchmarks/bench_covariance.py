@@ -42,7 +42,7 @@ WIDTHS = [("1b-class", 2048)] + [(m, MODEL_SHAPES[m]["hidden"]) for m in ("llama
 ROWS_FULL = (4096, 16384, 65536)  # calibration rows per call: 2, 8, 32 sequences of 2048 tokens
 QUICK_WIDTHS = (4096, 8192)
 QUICK_ROWS = (16384,)
-CHUNK_SWEEP = (128, 256, 512, 1024, 2048)  # rows per MMA accumulator; the default is CHUNK_ROWS
+CHUNK_SWEEP = (128, 192, 256, 512, 1024, 2048)  # rows per MMA accumulator; the default is CHUNK_ROWS
 
 
 def flops(n: int, d: int) -> float:
