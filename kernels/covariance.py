@@ -18,14 +18,19 @@ in fp32, so all the error is in the sums:
     assumption about Hopper) on outlier-channel data at N = 65536 gives ~2.4e-4 for one
     accumulator over all rows (cuBLAS's fp32-output GEMM has the same problem), 1.3e-6 when it
     is restarted every 512 rows, 6e-7 every 256 rows, 3e-7 every 128 rows.
-  * Two fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 128 rows and is
+  * Two fp32 tiles per program: `acc` (the MMA accumulator) sums CHUNK_ROWS = 192 rows and is
     then added into `mid` with round-to-nearest CUDA-core adds (unbiased) and cleared. At the end
     mid + acc is formed in float64 and added into C. `mid` sums at most LAUNCH_ROWS / CHUNK_ROWS
-    = 256 chunk results: the wrapper cuts longer inputs into launches of LAUNCH_ROWS rows, so the
-    round-to-nearest error of `mid` stays ~sqrt(256) * 2^-24. Measured on the H200 at N = 16384,
+    = 171 chunk results: the wrapper cuts longer inputs into launches of LAUNCH_ROWS rows, so the
+    round-to-nearest error of `mid` stays ~sqrt(171) * 2^-24. Measured on the H200 at N = 16384,
     256-row chunks: 9.10e-7 total with `mid` alone against 9.01e-7 with a third, Fast2Sum-
     compensated tile -- the truncation inside each chunk dominates, and at d = 1 (one sum, no
-    averaging over elements) it reached 1.015e-6, hence 128-row chunks (~half the truncation).
+    averaging over elements) it reached 1.015e-6. Each of a chunk's K = rows / 16 truncating adds
+    loses at most an ulp of the running sum, so a chunk errs by at most 2^-23 (K + 1) / 2: 5.4e-7 at
+    128 rows, 7.7e-7 at 192, 1.0e-6 at 256 -- hence 192-row chunks, inside 1e-6 by the bound (as in
+    the CUDA kernel, csrc/covariance_sm90.cu). Against 128 rows, with the autotuner's config held
+    fixed: 4% less time at d = 4096, N = 16384 (fp16 0.609 -> 0.584 ms, bf16 0.596 -> 0.573), bf16
+    at N = 65536 2.20 -> 2.12, fp16 at N = 65536 2.31 -> 2.36 (covariance_chunks_192_3f86839.json).
     A third tile would cost 64 more registers per thread, which the H200 pays with ~8% of the
     time (covariance_variants.json); one extra float64 read-modify-write of the upper triangle
     per 32768 rows costs ~4%.
@@ -67,7 +72,7 @@ except ImportError:  # pragma: no cover - older triton: pointer loads only
 
 # Rows summed in the MMA accumulator between flushes into `mid` (error grows linearly with it,
 # see the module docstring). SLICEKIT_COV_CHUNK_ROWS overrides it for experiments (a multiple of 64).
-CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "128"))
+CHUNK_ROWS = int(os.environ.get("SLICEKIT_COV_CHUNK_ROWS", "192"))
 # Rows per launch: bounds how many chunk results `mid` sums in fp32 before C takes them in float64.
 LAUNCH_ROWS = 32768
 

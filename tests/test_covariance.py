@@ -102,12 +102,28 @@ CUDA_CASES = [c for c in CASES if c[0] == "cuda"]
 @pytest.mark.parametrize("n,d", [(4096 + 32, 1000), (4096 + 32, 4095), (65536, 500), (300, 2048 + 64)])
 def test_large_shapes_gpu(device, backend, dtype, n, d):
     """(4128, 4095) runs the autotuner (restore_value must keep its trial runs out of `out`);
-    (65536, 500) is the long-sum accuracy case: 256 MMA accumulations of 256 rows per element."""
+    (65536, 500) is the long-sum accuracy case: two launches of 32768 rows, each ~171 MMA
+    accumulations of 192 rows per element."""
     if dtype == torch.float32 and d > 2048:
         pytest.skip("fp32 takes the slow FMA path; one large fp32 shape is enough")
     x = activations(n, d, dtype, device)
     out = covariance(x, None, zeros(d, device), backend=backend)
     check(out, reference(x, None), dtype, f"N={n} d={d}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,d", [(32768, 1), (65536, 8), (40000, 200)])
+def test_triton_default_chunk_on_coherent_sums_gpu(dtype, n, d):
+    """The Triton kernel's default chunk (192 rows) on the data where truncating tensor-core sums hurt
+    most: every product positive, so each element's sum grows steadily (d = 1: one sum, no averaging
+    over elements). The bound 2^-23 (K + 1) / 2 for K = 12 adds per chunk is 7.7e-7, inside 1e-6."""
+    from slicekit.kernels import covariance as kcov
+
+    x = (torch.rand(n, d, device="cuda") + 0.5).to(dtype)
+    out = kcov.covariance_triton(x, None, zeros(d, "cuda"))
+    check(out, reference(x, None), dtype, f"N={n} d={d}")
+    assert rel_err(out, reference(x, None)) <= 1e-6
 
 
 @pytest.mark.parametrize("device,backend", CASES, ids=IDS)
