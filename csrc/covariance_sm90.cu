@@ -30,9 +30,9 @@
 // row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
 // per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
 // registers, the most that promotion in registers allows. Together with the epilogue below, the
-// stagger, 192-row chunks and 3 stages: 0.50-0.52 ms at d = 4096 and 1.95-2.08 ms at d = 8192,
-// N = 16384 (1.50-1.64x torch's full fp16 GEMM, 17.5-18.3x float64; README, full sweep at b2fa876),
-// 8-21% less time than the Triton kernel there.
+// stagger, 192-row chunks and 3 stages: 0.49-0.52 ms at d = 4096 and 1.89-2.00 ms at d = 8192,
+// N = 16384 (1.50-1.70x torch's full fp16 GEMM, 17.9-19.2x float64; README, full sweeps at 28a61e3
+// and 074c3c4), 7-18% less time than the Triton kernel there.
 // Whole tiles, or tiles cut into row ranges shared among CTAs: choose_split() (see Mode).
 // Epilogue: each consumer adds its 64 x kN block of `mid`, widened to float64, into `out` (the
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
