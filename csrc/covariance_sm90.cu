@@ -27,7 +27,13 @@
 // goes at d = 4096, N = 16384 with square tiles: the TMA feed alone takes 0.41 ms, the MMAs alone
 // (no copies) 0.57-0.61 ms, both 0.66 ms -- the tensor-core side bounds the kernel, not bandwidth
 // (as Nsight Compute had said: tensor pipe ~49%, L2 47%; 2-CTA clusters that multicast the shared
-// row panel saved bandwidth and no time, and were dropped). 192-wide tiles issue 1.5x the MMA work
+// row panel saved bandwidth and no time, and were dropped). Tried again with 192-wide tiles, against
+// the power analysis below (b5cc44c): clusters of two CTAs on tiles (I, J) and (I + 1, J), each
+// multicasting half of every box of panel J into both (30% fewer bytes from L2 per tile pair; sums
+// bit for bit those of whole tiles). The clock rose (1.52 vs 1.48 GHz at d = 4096, 1.51 vs 1.41 at
+// 8192: less power per cycle), but the cycles rose more (+10%, +16%: a pair advances in lockstep),
+// so it took 6% and 8% more time (0.572 vs 0.541 ms, 2.18 vs 2.02; covariance_energy_multicast_b5cc44c.json)
+// and was dropped again. 192-wide tiles issue 1.5x the MMA work
 // per instruction and per byte copied; with `acc` and `mid` they take 192 of a consumer's 232
 // registers, the most that promotion in registers allows. Together with the epilogue below, the
 // stagger, 192-row chunks and 3 stages: 0.49-0.52 ms at d = 4096 and 1.89-2.00 ms at d = 8192,
@@ -153,7 +159,6 @@ struct Tiling {
   int R, C, off, group, n_tiles;
   int splits;  // row ranges per split tile (kSplitAtomic: every tile; kTail: the tiles from `full` on)
   int full;    // kTail: tiles [0, full) go whole
-  int pairs;   // kPairs: work items (pairs of vertically adjacent tiles, or a tile alone)
 };
 
 // How a launch shares its tiles among the persistent CTAs (make_plan()):
@@ -166,13 +171,7 @@ struct Tiling {
 //                 One CTA writes each element, so the mirrored form may split too. (Cutting the
 //                 last wave with atomic adds instead gained nothing at d = 4096, d08562b.)
 // choose_split() picks one by a cost model fitted on the H200.
-//   kPairs        (SLICEKIT_COV_SM90_MULTICAST=1, 192-wide tiles, where kWhole would run) clusters of
-//                 two CTAs take tiles (I, J) and (I + 1, J) together; each CTA copies half of every box
-//                 of column panel J and multicasts it into both CTAs' shared memory, so the pair reads
-//                 panel J from L2 once: 448 instead of 640 columns of X per pair and k-block (-30%). A
-//                 column's last tile, when its count is odd, runs beside an idle partner that only
-//                 keeps the shared stages flowing.
-enum Mode : int { kWhole = 0, kSplitAtomic = 1, kTail = 2, kPairs = 3 };
+enum Mode : int { kWhole = 0, kSplitAtomic = 1, kTail = 2 };
 
 // Work items of a launch. Split items are range-major, so that the CTAs running together stream the
 // same rows of X (shared in L2), as with whole tiles. Each mode is a kernel of its own: run in one
@@ -181,7 +180,6 @@ enum Mode : int { kWhole = 0, kSplitAtomic = 1, kTail = 2, kPairs = 3 };
 template <int kMode>
 __host__ __device__ __forceinline__ int n_items(const Tiling& g) {
   if constexpr (kMode == kWhole) return g.n_tiles;
-  if constexpr (kMode == kPairs) return g.pairs;
   if constexpr (kMode == kSplitAtomic) return g.n_tiles * g.splits;
   return g.full + (g.n_tiles - g.full) * g.splits;
 }
@@ -190,7 +188,7 @@ __host__ __device__ __forceinline__ int n_items(const Tiling& g) {
 template <int kMode>
 __host__ __device__ __forceinline__ void work_item(int it, const Tiling& g, int num_kb, int& t, int& kb0, int& kb1,
                                                    int& r) {
-  if (kMode == kWhole || kMode == kPairs || (kMode == kTail && it < g.full)) {
+  if (kMode == kWhole || (kMode == kTail && it < g.full)) {
     t = it;
     kb0 = 0;
     kb1 = num_kb;
@@ -231,45 +229,6 @@ __host__ __device__ inline int count_tiles(int R, int C, int off) {
   int n = 0;
   for (int I = 0; I < R; ++I) n += C - first_block<kN>(I, off);
   return n;
-}
-
-// Row blocks [i0, i0 + n) of a band of `rows` row blocks from i0 that have a tile in column block J.
-template <int kN>
-__host__ __device__ __forceinline__ int band_column_tiles(int i0, int rows, int J, int off) {
-  int last = (kN * J - off + kN - 1) / kTile;  // the last row block whose rows reach column block J
-  if (last > i0 + rows - 1) last = i0 + rows - 1;
-  return last - i0 + 1;
-}
-
-// kPairs: pair p of the band schedule of rect_tile() -- tiles (ti, tj) and, when `two`, (ti + 1, tj).
-// With count = nullptr it counts the pairs instead (p ignored).
-template <int kN>
-__host__ __device__ inline void pair_tiles(int p, const Tiling& g, int& ti, int& tj, bool& two, int* count = nullptr) {
-  int total = 0;
-  for (int i0 = 0; i0 < g.R; i0 += g.group) {
-    const int rows = g.R - i0 < g.group ? g.R - i0 : g.group;
-    int band = 0;
-    for (int J = first_block<kN>(i0, g.off); J < g.C; ++J) band += (band_column_tiles<kN>(i0, rows, J, g.off) + 1) / 2;
-    if (count != nullptr) {
-      total += band;
-      continue;
-    }
-    if (p >= band) {
-      p -= band;
-      continue;
-    }
-    for (int J = first_block<kN>(i0, g.off);; ++J) {
-      const int n = band_column_tiles<kN>(i0, rows, J, g.off);
-      if (p < (n + 1) / 2) {
-        ti = i0 + 2 * p;
-        tj = J;
-        two = 2 * p + 1 < n;
-        return;
-      }
-      p -= (n + 1) / 2;
-    }
-  }
-  if (count != nullptr) *count = total;
 }
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -315,7 +274,9 @@ __device__ __forceinline__ void rect_tile(int p, const Tiling& g, int& ti, int& 
       continue;
     }
     for (int J = first_block<kN>(i0, g.off);; ++J) {
-      const int n = band_column_tiles<kN>(i0, rows, J, g.off);
+      int last = (kN * J - g.off + kN - 1) / kTile;  // the last row block whose rows reach column block J
+      if (last > i0 + rows - 1) last = i0 + rows - 1;
+      const int n = last - i0 + 1;
       if (p < n) {
         ti = i0 + p;
         tj = J;
@@ -383,46 +344,6 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
           smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
       : "memory");
-}
-
-// The same copy of a [kBlockK / 2 rows x kBox columns] box (map_half), multicast into the shared memory of
-// the CTAs of this cluster in `mask`, at the same offsets, each signalling its own mbarrier at `bar`.
-__device__ __forceinline__ void tma_load_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
-                                                   uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
-      "%4}], [%2], %5;\n" ::"r"(smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "h"(mask)
-      : "memory");
-}
-
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ int cluster_index() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-  return static_cast<int>(r);
-}
-__device__ __forceinline__ int cluster_count() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-  return static_cast<int>(r);
-}
-// Every thread of both CTAs: mbarriers initialised before the peer uses them, and no CTA leaves while
-// its peer may still copy into its shared memory or arrive on its barriers.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-}
-// Arrive on the mbarrier at the same offset in the shared memory of cluster CTA `peer`.
-__device__ __forceinline__ void mbar_arrive_peer(uint64_t* bar, uint32_t peer) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(bar)), "r"(peer));
-  // Default semantics (release at CTA scope), as CUTLASS's ClusterBarrier: the MMAs that read the stage
-  // have completed (wgmma.wait_group) before any arrival; `.release.cluster` would add a GPU-wide fence.
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
 
 // `strides`: the descriptor's constant part (desc_strides() on the host), plus the start address.
@@ -658,17 +579,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
   int s = 0;
   uint32_t phase = 0;
   int s_free = 0;  // the oldest stage this consumer has not handed back
-  // kPairs: the peer CTA's producer multicasts into this CTA's stages too, so each stage goes back to both.
-  const uint32_t rank = kMode == kPairs ? cluster_rank() : 0;
   auto release = [&]() {
-    if (tid == 0) {
-      mbar_arrive(&empty[s_free]);
-      if constexpr (kMode == kPairs) mbar_arrive_peer(&empty[s_free], rank ^ 1);
-    }
+    if (tid == 0) mbar_arrive(&empty[s_free]);
     if (++s_free == stages) s_free = 0;
   };
-  const int first_item = kMode == kPairs ? cluster_index() : static_cast<int>(blockIdx.x);
-  const int item_step = kMode == kPairs ? cluster_count() : static_cast<int>(gridDim.x);
   if (probe == kProbeNoMma) {  // a loop of its own, so the MMA loop below has no branch around its wgmmas
     for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
       int t, kb0, kb1, r;
@@ -681,26 +595,10 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     }
     return;
   }
-  for (int it = first_item; it < n_items<kMode>(g); it += item_step) {
+  for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
     int t, kb0, kb1, r, ti, tj;
     work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
-    if constexpr (kMode == kPairs) {
-      bool two;
-      pair_tiles<kN>(it, g, ti, tj, two);
-      if (rank == 1) {
-        if (!two) {  // no tile of its own: hand the stages back as they fill, for the peer's sake
-          for (int kb = kb0; kb < kb1; ++kb) {
-            mbar_wait(&full[s], phase);
-            release();
-            next_stage(s, phase, stages);
-          }
-          continue;
-        }
-        ++ti;
-      }
-    } else {
-      tile_of<kN>(t, g, ti, tj);
-    }
+    tile_of<kN>(t, g, ti, tj);
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
@@ -834,8 +732,8 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
 
 template <bool kBF16, int kN, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
-    cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, const __grid_constant__ CUtensorMap map_half, int n_rows,
-                     int d, Tiling g, int chunk_kb, Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
+    cov_wgmma_kernel(const __grid_constant__ CUtensorMap map, int n_rows, int d, Tiling g, int chunk_kb,
+                     Out o, uint64_t desc_strides, int stages, int probe, int stagger) {
 #ifdef SLICEKIT_SM90_DEVICE
   using S = Shape<kN>;
   extern __shared__ uint8_t smem_raw[];
@@ -850,15 +748,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kMode == kPairs ? 2 * kConsumers : kConsumers);
+      mbar_init(&empty[s], kConsumers);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (kMode == kPairs) {
-    cluster_sync();
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
 
   if (wg == 0) {
     // Producer: one thread issues every copy; the warpgroup gives its registers to the consumers.
@@ -866,19 +760,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       int s = 0;
       uint32_t phase = 0;
-      const uint32_t rank = kMode == kPairs ? cluster_rank() : 0;
-      const int first_item = kMode == kPairs ? cluster_index() : static_cast<int>(blockIdx.x);
-      const int item_step = kMode == kPairs ? cluster_count() : static_cast<int>(gridDim.x);
-      for (int it = first_item; it < n_items<kMode>(g); it += item_step) {
+      for (int it = blockIdx.x; it < n_items<kMode>(g); it += gridDim.x) {
         int t, kb0, kb1, r, ti, tj;
         work_item<kMode>(it, g, num_kb, t, kb0, kb1, r);
-        if constexpr (kMode == kPairs) {
-          bool two;
-          pair_tiles<kN>(it, g, ti, tj, two);
-          if (rank == 1 && two) ++ti;  // a lone tile's partner copies the same row panel, unused
-        } else {
-          tile_of<kN>(t, g, ti, tj);
-        }
+        tile_of<kN>(t, g, ti, tj);
         const bool shared_panel = kN == kTile && ti == tj;
         const int col_j = block_col<kN>(tj, g);
         for (int kb = kb0; kb < kb1; ++kb) {
@@ -891,13 +776,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             mbar_expect_tx(&full[s], shared_panel ? kPanelBytes : S::kStageBytes);
             tma_load(stage, &map, &full[s], ti * kTile, row);
             tma_load(stage + kBoxBytes, &map, &full[s], ti * kTile + kBox, row);
-            if constexpr (kMode == kPairs) {
-              // This CTA's half of each box of panel J (rows rank * 32 on), into both CTAs.
-#pragma unroll
-              for (int bx = 0; bx < S::kBoxesJ; ++bx)
-                tma_load_multicast(stage + kPanelBytes + bx * kBoxBytes + rank * (kBoxBytes / 2), &map_half, &full[s],
-                                   col_j + bx * kBox, row + rank * (kBlockK / 2), 0x3);
-            } else if (!shared_panel) {
+            if (!shared_panel) {
 #pragma unroll
               for (int bx = 0; bx < S::kBoxesJ; ++bx)
                 tma_load(stage + kPanelBytes + bx * kBoxBytes, &map, &full[s], col_j + bx * kBox, row);
@@ -912,7 +791,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     consume<kBF16, kN, kMode>(smem, full, empty, wg - 1, tid, d, g, num_kb, chunk_kb, o, desc_strides, stages, probe,
                        (wg - 1) * stagger);
   }
-  if constexpr (kMode == kPairs) cluster_sync();
 #endif  // SLICEKIT_SM90_DEVICE
 }
 
@@ -954,10 +832,8 @@ bool set_smem() {
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape<kN>::kSmemBytes) ==
            cudaSuccess;
   };
-  bool ok = set(cov_wgmma_kernel<kBF16, kN, kWhole>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic>) &&
-            set(cov_wgmma_kernel<kBF16, kN, kTail>);
-  if constexpr (kN == 192) ok = ok && set(cov_wgmma_kernel<kBF16, kN, kPairs>);
-  return ok;
+  return set(cov_wgmma_kernel<kBF16, kN, kWhole>) && set(cov_wgmma_kernel<kBF16, kN, kSplitAtomic>) &&
+         set(cov_wgmma_kernel<kBF16, kN, kTail>);
 }
 
 // The SLICEKIT_COV_SM90_* tuning variables, read once per call (0 / -1: the measured defaults).
@@ -972,14 +848,12 @@ bool set_smem() {
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
 //   EPI=narrow|rmw               add_tile_edge() for every tile / add_tile_inner() where allowed instead
 //                                of the bulk epilogue, for A/B timing
-//   MULTICAST=1                  kPairs where kWhole would run (192-wide tiles, no probe)
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 0, group = 8, ctas = 0, l2 = 256;  // stages 0: Shape::kDefaultStages
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false;
   bool epi_bulk = true;
-  bool multicast = false;
 };
 
 Knobs read_knobs() {
@@ -1002,7 +876,6 @@ Knobs read_knobs() {
   k.tile = number("SLICEKIT_COV_SM90_TILE", 0);
   k.splits = number("SLICEKIT_COV_SM90_SPLITS", 0);
   k.tail = number("SLICEKIT_COV_SM90_TAIL", 0);
-  k.multicast = number("SLICEKIT_COV_SM90_MULTICAST", 0) == 1;
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
   k.epi_bulk = epi == nullptr || (std::strcmp(epi, "narrow") != 0 && std::strcmp(epi, "rmw") != 0);
@@ -1116,7 +989,6 @@ Plan plan_tiles(int rows, int d, bool mirror, const Knobs& k, int sms) {
   g.n_tiles = count_tiles<kN>(g.R, g.C, g.off);  // R (R + 1) / 2 for square tiles
   g.splits = 1;
   g.full = g.n_tiles;
-  g.pairs = 0;
   const int slots = k.ctas > 0 ? k.ctas : sms;
   const int num_kb = (rows + kBlockK - 1) / kBlockK;
   const Choice c = choose_split(g.n_tiles, slots, sms, num_kb, mirror, k);
@@ -1129,14 +1001,6 @@ Plan plan_tiles(int rows, int d, bool mirror, const Knobs& k, int sms) {
     const int64_t rem = g.n_tiles - g.full;
     p.flag_bytes = (rem * kConsumers * static_cast<int64_t>(sizeof(int)) + 255) / 256 * 256;
     p.part_bytes = rem * (c.s - 1) * kConsumers * Shape<kN>::kAcc * 128 * static_cast<int64_t>(sizeof(float));
-  }
-  if (kN == 192 && c.mode == kWhole && k.multicast && k.probe == 0) {
-    int ti = 0, tj = 0;
-    bool two = false;
-    pair_tiles<kN>(0, g, ti, tj, two, &g.pairs);
-    p.mode = kPairs;
-    p.grid = 2 * std::max(1, std::min(g.pairs, slots / 2));  // clusters of 2; launch_tiles() caps it by residency
-    return p;
   }
   p.grid = std::max(1, std::min(p.mode == kWhole         ? n_items<kWhole>(g)
                                 : p.mode == kSplitAtomic ? n_items<kSplitAtomic>(g)
@@ -1153,9 +1017,8 @@ Plan make_plan(int64_t rows, int64_t d, bool mirror, const Knobs& k, int device)
 }
 
 template <int kN>
-void launch_tiles(const Plan& p, const CUtensorMap& map, const CUtensorMap& map_half, int rows, int d, bool bf16,
-                  int chunk_kb, double* out, int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace,
-                  CUstream_st* stream) {
+void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
+                  int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
   Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, 0, nullptr, nullptr};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
@@ -1179,32 +1042,8 @@ void launch_tiles(const Plan& p, const CUtensorMap& map, const CUtensorMap& map_
   // d = 4096 and 8192 on the H200, covariance_sm90_stagger.json), 0 for 128-wide ones (within the
   // noise there).
   const int stagger = k.stagger >= 0 ? k.stagger : (kN == 192 ? 1 : 0);
-  if constexpr (kN == 192) {
-    if (p.mode == kPairs) {
-      auto pairs = bf16 ? cov_wgmma_kernel<true, kN, kPairs> : cov_wgmma_kernel<false, kN, kPairs>;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 2;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cudaLaunchConfig_t cfg{};
-      cfg.blockDim = dim3(kThreads);
-      cfg.dynamicSmemBytes = Shape<kN>::kSmemBytes;
-      cfg.stream = stream;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      // Persistent clusters: no more than can be resident at once (GPCs with an odd SM count leave one out).
-      cfg.gridDim = dim3(p.grid);
-      int resident = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, pairs, &cfg));
-      cfg.gridDim = dim3(2 * std::max(1, std::min(p.grid / 2, resident)));
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, pairs, map, map_half, rows, d, p.g, chunk_kb, o, desc_strides(), stages,
-                                        k.probe, stagger));
-      return;
-    }
-  }
-  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, map_half, rows, d, p.g, chunk_kb, o, desc_strides(),
-                                                               stages, k.probe, stagger);
+  kernel<<<p.grid, kThreads, Shape<kN>::kSmemBytes, stream>>>(map, rows, d, p.g, chunk_kb, o, desc_strides(), stages,
+                                                               k.probe, stagger);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1248,37 +1087,26 @@ void launch(const void* x, int64_t rows, int64_t d, int64_t ld, bool bf16, doubl
   c10::DataPtr workspace;
   if (plan.flag_bytes + plan.part_bytes > 0)
     workspace = c10::cuda::CUDACachingAllocator::get()->allocate(plan.flag_bytes + plan.part_bytes);
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
+  const cuuint32_t box[2] = {kBox, kBlockK};
+  const cuuint32_t elem_strides[2] = {1, 1};
   const CUtensorMapL2promotion promo = k.l2 >= 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
                                        : k.l2 >= 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
                                        : k.l2 >= 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
                                                      : CU_TENSOR_MAP_L2_PROMOTION_NONE;
-  // X's boxes: [kBlockK rows x kBox columns]; kPairs also copies half boxes ([kBlockK / 2 rows]).
-  auto encode = [&](CUtensorMap& map, cuuint32_t box_rows) {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
-    const cuuint32_t box[2] = {kBox, box_rows};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult res = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-                                     const_cast<void*>(x), dims, strides, box, elem_strides,
-                                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                     promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
-                   static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
-  };
-  CUtensorMap map, map_half;
-  encode(map, kBlockK);
-  if (plan.mode == kPairs) {
-    encode(map_half, kBlockK / 2);
-  } else {
-    map_half = map;  // unused
-  }
+  const CUresult res = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                                   const_cast<void*>(x), dims, strides, box, elem_strides,
+                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  SLICEKIT_CHECK(res == CUDA_SUCCESS, "slicekit: sm90 covariance: cuTensorMapEncodeTiled failed with error ",
+                 static_cast<int>(res), " for X [", rows, ", ", d, "] with row stride ", ld);
   const int r = static_cast<int>(rows), n = static_cast<int>(d);
   if (plan.width == 192) {
-    launch_tiles<192>(plan, map, map_half, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(),
-                      stream);
+    launch_tiles<192>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(), stream);
   } else {
-    launch_tiles<128>(plan, map, map_half, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(),
-                      stream);
+    launch_tiles<128>(plan, map, r, n, bf16, chunk_kb, out, so_row, so_col, mirror, k, workspace.get(), stream);
   }
 }
 

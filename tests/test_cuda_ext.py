@@ -475,34 +475,6 @@ def test_covariance_sm90_bulk_epilogue_equals_read_modify_write(monkeypatch, pla
 
 
 @needs_sm90
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n,d", [(700, 1000), (1000, 2176), (333, 4096), (64, 193)])
-def test_covariance_sm90_multicast_pairs_equal_whole_tiles(monkeypatch, dtype, n, d):
-    """SLICEKIT_COV_SM90_MULTICAST=1: clusters of two CTAs share panel J through multicast copies of
-    half boxes (rows past N arrive as zeros); each tile's MMAs and promotions are those of whole
-    tiles, so both forms agree bit for bit -- including columns with an odd tile count, whose last
-    tile runs beside an idle partner (d = 1000: 6 column blocks of 8 row blocks)."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", "192")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", "1")
-    monkeypatch.setenv("SLICEKIT_COV_SM90_SPLITS", "1")
-    x = (torch.randn(n, d, device="cuda") + 0.5).to(dtype)
-    out0 = _rand_sym(d, "cuda")
-    got = {}
-    for mc in ("0", "1"):
-        monkeypatch.setenv("SLICEKIT_COV_SM90_MULTICAST", mc)
-        for mirror in (False, True):
-            out = out0.clone()
-            torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
-            torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
-            got[mc, mirror] = out
-    for mirror in (False, True):
-        assert torch.equal(got["0", mirror], got["1", mirror])
-    assert torch.equal(got["1", True], got["1", True].T)
-    expected = 2 * covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda"))
-    assert _rel_fro(got["1", True] - out0, expected) <= _cov_tol(dtype, n, SM90_CHUNK_ROWS)
-
-
-@needs_sm90
 def test_covariance_auto_backend_takes_wgmma_for_unmasked_16bit():
     """On Hopper the automatic choice runs the wgmma kernel for unmasked fp16/bf16 rows, and the
     Triton kernel (AUTO_ORDER) for masked or fp32 ones."""
