@@ -44,7 +44,7 @@
 // upper triangle; with `mirror` the same value into the lower one too, so a symmetric `out` stays
 // exactly symmetric). Streaming form, 192-wide tiles: a warp whose 16 rows lie wholly inside `out` and
 // above the diagonal stages its sums in shared memory and hands each row to the bulk copy engine's
-// float64 reduction (cp.reduce.async.bulk .add.f64, performed in L2: bulk_half()); other warps, and
+// float64 reduction (cp.reduce.async.bulk .add.f64, performed in L2: add_tile_bulk()); other warps, and
 // 128-wide tiles, use batched loads then stores (16-byte accesses where a thread's part lies wholly
 // above the diagonal). Mirrored form: L2 reductions per element (see consume()).
 // What the epilogue costs (N = 16384, steady-state windows, benchmarks/covariance_energy.py):
@@ -460,6 +460,7 @@ __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
 constexpr int kProbeNoLoad = 1;
 constexpr int kProbeNoMma = 2;
 constexpr int kProbeNoEpilogue = 3;  // 3 = no float64 epilogue (its cost, by difference)
+
 // The streaming form of the epilogue: out[gi, gj] += mid (widened to float64) over this thread's part
 // of a 64 x kN block, upper triangle only. All loads of a batch go out before its stores: written as
 // `out[k] += v` per element, the compiler must assume that each store may alias the next load and
