@@ -51,7 +51,7 @@ def main(argv=None) -> int:
                "N": "i32", "d": "i32", "n_bucket": "i32", "splits": "i32", "stride_x_row": "i32",
                "stride_out_row": "i32"}
         consts = dict(HAS_MASK=mask, USE_TMA=False, MIRROR=mirror, ATOMIC=atomic, IEEE_FP32=dt == "fp32",
-                      INTERPRET_BF16=False, CHUNK_ROWS=128, BLOCK_M=bm, BLOCK_K=64 if bm == 128 else 32, GROUP_M=8,
+                      INTERPRET_BF16=False, CHUNK_ROWS=kcov.CHUNK_ROWS, BLOCK_M=bm, BLOCK_K=64 if bm == 128 else 32, GROUP_M=8,
                       EVEN_N=False, EVEN_D=False)
         for name, value, special in (("N", 1, n == 1), ("d", 1, d == 1), ("splits", 1, one_range)):
             if special:  # Triton specialises integer arguments equal to 1 into constants
