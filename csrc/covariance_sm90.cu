@@ -106,7 +106,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <type_traits>
 #include <unordered_map>
 
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -214,7 +213,6 @@ struct Out {
   int vec;       // unit column stride and 16-byte aligned rows: add_tile_inner() may run
   int narrow;    // SLICEKIT_COV_SM90_EPI=narrow: add_tile_edge() for every tile, for A/B timing
   int bulk;      // add_tile_bulk() for warps whose rows lie wholly inside and above the diagonal
-  int skip;      // MMAs leave out the 64-column boxes wholly below a consumer's rows (skip_boxes())
   float* part;   // kTail: the fp32 sums of the split tiles' ranges but the last (tail_part())
   int* flags;    // kTail: per split tile and consumer, how many of those ranges are in `part` (zeroed)
 };
@@ -449,52 +447,11 @@ __device__ __forceinline__ void wgmma(float (&d)[kN / 2], uint64_t desc_a, uint6
   }
 }
 
-#define SLICEKIT_WGMMA_REGS_32                                                                        \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
-  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-
-// The MMA over the tile's last kW columns only (desc_b at the first of them), into the first kW / 2
-// registers of d: the fragment holds column group i in d[4 i .. 4 i + 3], so column group i of the
-// tile lands in d[4 i - (kN - kW) / 2 ..], and the promotion shifts it back. (Into the last kW / 2
-// registers, where a full-width MMA keeps those columns, ptxas serialises every wgmma of the kernel:
-// "insufficient register resources for the wgmma pipeline", C7511.)
-template <bool kBF16, int kN, int kW>
-__device__ __forceinline__ void wgmma_tail_cols(float (&d)[kN / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  if constexpr (kW == kN) {
-    wgmma<kBF16, kN>(d, desc_a, desc_b, scale_d);
-  } else if constexpr (kW == 128 && kBF16) {
-    SLICEKIT_WGMMA("m64n128k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 128) {
-    SLICEKIT_WGMMA("m64n128k16", "f16.f16", SLICEKIT_WGMMA_REGS_64, "64", "65", "66")
-                 : SLICEKIT_F64(0) : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else if constexpr (kW == 64 && kBF16) {
-    SLICEKIT_WGMMA("m64n64k16", "bf16.bf16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
-                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  } else {
-    static_assert(kW == 64, "MMA widths: 64, 128, 192");
-    SLICEKIT_WGMMA("m64n64k16", "f16.f16", SLICEKIT_WGMMA_REGS_32, "32", "33", "34")
-                 : SLICEKIT_F8(0), SLICEKIT_F8(8), SLICEKIT_F8(16), SLICEKIT_F8(24)
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  }
-}
-
 // Column where column block tj of the tiling starts (negative for a partial leftmost block: TMA
 // fills the columns before 0 with zeros, and the epilogue skips them).
 template <int kN>
 __device__ __forceinline__ int block_col(int tj, const Tiling& g) {
   return kN * tj - g.off;
-}
-
-// How many of tile (ti, tj)'s leading 64-column boxes lie wholly left of consumer c's first row, i.e.
-// below the diagonal for all of its 64 rows (kN / 64: the whole tile). Rows and block columns are
-// multiples of 64, so the diagonal runs along box boundaries and only each consumer's own 64 x 64
-// diagonal box computes anything below it.
-template <int kN>
-__device__ __forceinline__ int skip_boxes(int ti, int tj, int c, const Tiling& g) {
-  const int below = ti * kTile + c * 64 - block_col<kN>(tj, g);
-  return below <= 0 ? 0 : (below / 64 < kN / 64 ? below / 64 : kN / 64);
 }
 
 // Timing probes (SLICEKIT_COV_SM90_PROBE; results are garbage): 1 = no TMA copies (the MMAs run on
@@ -646,67 +603,41 @@ __device__ __forceinline__ void consume(uint8_t* smem, uint64_t* full, uint64_t*
     const bool shared_panel = kN == kTile && ti == tj;  // a square diagonal tile: panel I times itself
 #pragma unroll
     for (int i = 0; i < S::kAcc; ++i) mid[i] = 0.0f;
-    // The k-loop for MMAs that leave out the tile's first kSkip boxes (kSkip = kN / 64: nothing of
-    // this consumer's rows is above the diagonal; it only takes its part in the stage hand-over).
-    // `mid` keeps zeros in those columns, which the epilogue never adds (they are below the diagonal);
-    // the narrower MMAs leave their sums in acc[0, kW / 2), shifted back into place here.
-    auto k_loop = [&](auto skip_tag) {
-      constexpr int kSkip = decltype(skip_tag)::value;
-      constexpr int kW = kN - 64 * kSkip;
-      if constexpr (kW == 0) {
-        for (int kb = kb0; kb < kb1; ++kb) {
-          mbar_wait(&full[s], phase);
-          next_stage(s, phase, stages);
-          release();
-        }
-      } else {
-        bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
-        bool fresh = true;     // the next MMA starts a chunk
-        int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
-        for (int kb = kb0; kb < kb1; ++kb) {
-          mbar_wait(&full[s], phase);
-          const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
-          const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes) + kSkip * kBoxBytes;
-          wgmma_fence();
+    bool pending = false;  // whether the previous k-block's MMAs may still be reading their stage
+    bool fresh = true;     // the next MMA starts a chunk
+    int left = phase_kb > 0 && phase_kb < chunk_kb ? phase_kb : chunk_kb;  // stages left in this chunk
+    for (int kb = kb0; kb < kb1; ++kb) {
+      mbar_wait(&full[s], phase);
+      const uint8_t* a = smem + s * S::kStageBytes + c * kBoxBytes;
+      const uint8_t* b = smem + s * S::kStageBytes + (shared_panel ? 0 : kPanelBytes);
+      wgmma_fence();
 #pragma unroll
-          for (int k = 0; k < kBlockK / 16; ++k) {
-            // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
-            wgmma_tail_cols<kBF16, kN, kW>(acc, smem_desc(a + k * 16 * 128, desc_strides),
-                                      smem_desc(b + k * 16 * 128, desc_strides), (fresh && k == 0) ? 0 : 1);
-          }
-          wgmma_commit();
-          next_stage(s, phase, stages);
-          // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
-          // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
-          // d = 4096, N = 16384 on the H200).
-          if (pending) {
-            wgmma_wait<1>();
-            release();
-          }
-          pending = true;
-          fresh = false;
-          if (--left == 0 || kb + 1 == kb1) {
-            wgmma_wait<0>();
-            fence_operands(acc);
-            release();
-            pending = false;
-            fresh = true;
-            left = chunk_kb;
-#pragma unroll
-            for (int i = 0; i < kW / 2; ++i) mid[i + 32 * kSkip] += acc[i];
-          }
-        }
+      for (int k = 0; k < kBlockK / 16; ++k) {
+        // 16 rows of X further down = 16 swizzled 128-byte rows further on, in both operands.
+        wgmma<kBF16, kN>(acc, smem_desc(a + k * 16 * 128, desc_strides), smem_desc(b + k * 16 * 128, desc_strides),
+                         (fresh && k == 0) ? 0 : 1);
       }
-    };
-    const int skip = o.skip ? skip_boxes<kN>(ti, tj, c, g) : 0;
-    if (skip == 0) {
-      k_loop(std::integral_constant<int, 0>{});
-    } else if (skip == 1) {
-      k_loop(std::integral_constant<int, 1>{});
-    } else if (kN == 192 && skip == 2) {
-      if constexpr (kN == 192) k_loop(std::integral_constant<int, 2>{});
-    } else {
-      k_loop(std::integral_constant<int, kN / 64>{});
+      wgmma_commit();
+      next_stage(s, phase, stages);
+      // Hand each stage back as soon as its MMAs are done (the newest group may still run), so the
+      // producer keeps loads in flight instead of waiting for whole chunks (0.72 -> 0.64 ms at
+      // d = 4096, N = 16384 on the H200).
+      if (pending) {
+        wgmma_wait<1>();
+        release();
+      }
+      pending = true;
+      fresh = false;
+      if (--left == 0 || kb + 1 == kb1) {
+        wgmma_wait<0>();
+        fence_operands(acc);
+        release();
+        pending = false;
+        fresh = true;
+        left = chunk_kb;
+#pragma unroll
+        for (int i = 0; i < S::kAcc; ++i) mid[i] += acc[i];
+      }
     }
     // Already complete (the last k-block ends a chunk); stated so that ptxas, which cannot see
     // that, does not insert a wait of its own on this path.
@@ -918,14 +849,12 @@ bool set_smem() {
 //   TAIL=s                       kTail with s row ranges (1: whole tiles)
 //   EPI=narrow|rmw               add_tile_edge() for every tile / add_tile_inner() where allowed instead
 //                                of the bulk epilogue, for A/B timing
-//   SKIP=0                       MMAs over every box of a tile, also those wholly below the diagonal
 // For tuning sweeps (benchmarks/covariance_sm90_sweep.py).
 struct Knobs {
   int stages = 0, group = 8, ctas = 0, l2 = 256;  // stages 0: Shape::kDefaultStages
   int probe = 0, stagger = -1, tile = 0, splits = 0, tail = 0;
   bool narrow = false;
   bool epi_bulk = true;
-  bool skip = true;
 };
 
 Knobs read_knobs() {
@@ -951,7 +880,6 @@ Knobs read_knobs() {
   const char* epi = std::getenv("SLICEKIT_COV_SM90_EPI");
   k.narrow = epi != nullptr && std::strcmp(epi, "narrow") == 0;
   k.epi_bulk = epi == nullptr || (std::strcmp(epi, "narrow") != 0 && std::strcmp(epi, "rmw") != 0);
-  k.skip = number("SLICEKIT_COV_SM90_SKIP", 1) != 0;
   return k;
 }
 
@@ -1093,12 +1021,11 @@ template <int kN>
 void launch_tiles(const Plan& p, const CUtensorMap& map, int rows, int d, bool bf16, int chunk_kb, double* out,
                   int64_t so_row, int64_t so_col, bool mirror, const Knobs& k, void* workspace, CUstream_st* stream) {
   // 16-byte accesses to `out` where its rows allow them (a contiguous float64 matrix with even d).
-  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, 0, 0, nullptr, nullptr};
+  Out o{out, so_row, so_col, mirror ? 1 : 0, 0, k.narrow ? 1 : 0, 0, nullptr, nullptr};
   o.vec = so_col == 1 && so_row % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   const int stages = k.stages > 0 ? std::min(k.stages, Shape<kN>::kStages) : Shape<kN>::kDefaultStages;
   // The bulk epilogue's staging area lies past the default stages (Shape::kStagingOffset).
   o.bulk = Shape<kN>::kBulk && o.vec && !mirror && k.epi_bulk && stages <= Shape<kN>::kDefaultStages ? 1 : 0;
-  o.skip = k.skip ? 1 : 0;
   if (p.mode == kTail && p.flag_bytes > 0) {
     o.flags = static_cast<int*>(workspace);
     o.part = reinterpret_cast<float*>(static_cast<char*>(workspace) + p.flag_bytes);

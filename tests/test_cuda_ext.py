@@ -475,38 +475,6 @@ def test_covariance_sm90_bulk_epilogue_equals_read_modify_write(monkeypatch, pla
 
 
 @needs_sm90
-@pytest.mark.parametrize("tile", ["128", "192"])
-@pytest.mark.parametrize("plan", ["whole", "tail"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n,d", [(3000, 1000), (1500, 2176), (700, 4096), (400, 129)])
-def test_covariance_sm90_box_skip_equals_full_width_mmas(monkeypatch, tile, plan, dtype, n, d):
-    """Leaving out the MMAs of 64-column boxes wholly below a consumer's rows (narrower wgmmas whose
-    sums are shifted back in the promotion) changes no sum the kernel writes: each element's products
-    go through the tensor cores in the same order whatever the MMA's width, so against SLICEKIT_COV_SM90_SKIP=0
-    both forms agree bit for bit, over several calls, and the streaming one leaves the lower triangle alone."""
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TILE", tile)
-    monkeypatch.setenv("SLICEKIT_COV_SM90_TAIL", "1" if plan == "whole" else "3")
-    xs = [(torch.randn(n, d, device="cuda") * 3 + 0.5).to(dtype) for _ in range(3)]
-    out0 = _rand_sym(d, "cuda")
-    results = {}
-    for skip in ("1", "0"):
-        monkeypatch.setenv("SLICEKIT_COV_SM90_SKIP", skip)
-        for mirror in (False, True):
-            out = out0.clone()
-            for x in xs:
-                torch.ops.slicekit.covariance_accumulate(x, None, out, mirror)
-            results[skip, mirror] = out
-    for mirror in (False, True):
-        assert torch.equal(results["1", mirror], results["0", mirror])
-    assert torch.equal(torch.tril(results["1", False], -1), torch.tril(out0, -1))
-    assert torch.equal(results["1", True], results["1", True].T)
-    expected = sum(covariance_ref(x, None, torch.zeros(d, d, dtype=torch.float64, device="cuda")) for x in xs)
-    tol = _cov_tol(dtype, n, SM90_CHUNK_ROWS)
-    assert _rel_fro(torch.triu(results["1", False] - out0), torch.triu(expected)) <= tol
-    assert _rel_fro(results["1", True] - out0, expected) <= tol
-
-
-@needs_sm90
 def test_covariance_auto_backend_takes_wgmma_for_unmasked_16bit():
     """On Hopper the automatic choice runs the wgmma kernel for unmasked fp16/bf16 rows, and the
     Triton kernel (AUTO_ORDER) for masked or fp32 ones."""
