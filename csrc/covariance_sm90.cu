@@ -90,8 +90,12 @@
 // bc6921e; covariance_energy_async_*.json): a drained epilogue (consumers stage each tile's
 // sums in shared memory and go on, warps of the producer warpgroup add them by L2 reductions) was
 // 1-3% faster at d = 4096 and 8192 and 2% slower at 5120 -- no more than the 3 pipeline stages its
-// staging left room for; MMAs that also left out each tile's 64-column boxes below the diagonal (6%
-// of the MMA work at d = 4096) made it 6-8% slower; L2 eviction hints did nothing or harm.
+// staging left room for; MMAs that also left out each tile's 64-column boxes below the diagonal (and
+// their copies) made it 6-8% slower; L2 eviction hints did nothing or harm. Leaving out those MMAs
+// alone in this kernel (2436cee: m64n128/m64n64 into the first accumulator registers, shifted back at
+// the promotion, 4.5% of the MMA work at d = 4096) was level (0.537 vs 0.534 ms fp16, 0.520 vs 0.518
+// bf16, same cycles; covariance_energy_skip_2436cee.json) and hung once (n = 700, whole tiles,
+// EPI=rmw; cause not found): reverted.
 //
 // The caller (covariance.cu) bounds each launch to kLaunchRows rows, so `mid` sums at most
 // kLaunchRows / chunk fp32 values before float64 takes over, and copies X when it has a mask or
