@@ -86,7 +86,11 @@
 // spends ~390 mJ (torch's GEMM ~590); without the TMA copies (probe 1) 21% less, and the SM clock rises
 // from ~1500 to ~1800 MHz at the same cycle count -- the copies cost power, not cycles; without the
 // float64 epilogue (probe 3) 13% less; with one promotion per launch 9% less
-// (covariance_energy_probes_36ec8bd.json). Three changes were measured and dropped (c04ea19,
+// (covariance_energy_probes_36ec8bd.json). With this kernel, in one run (covariance_energy_overheads_89be642.json,
+// fp16, N = 16384): 0.536 / 2.01 ms at d = 4096 / 8192 (17.6x / 18.6x the float64 path), 5% less with one
+// promotion per launch, 6% less without the epilogue, 11-12% less without both (0.473 / 1.79 ms: 19.97x / 20.9x)
+// -- so the issue's 20x lies beyond what the 1e-6 promotions and the float64 accumulator leave on this board.
+// Three changes were measured and dropped (c04ea19,
 // bc6921e; covariance_energy_async_*.json): a drained epilogue (consumers stage each tile's
 // sums in shared memory and go on, warps of the producer warpgroup add them by L2 reductions) was
 // 1-3% faster at d = 4096 and 8192 and 2% slower at 5120 -- no more than the 3 pipeline stages its
